@@ -1,0 +1,39 @@
+# Two commands set everything up on a fresh Debian machine with Python 3.11:
+#   make serve   — run the service on the embedded store with the demo fleet
+#   make test    — install what the tests need (Python and Debian packages), then run them all
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell $(PYTHON) -c 'import hashlib,sys;print(hashlib.sha1(open("pyproject.toml","rb").read()).hexdigest()[:12])')
+# Debian packages the tests and benchmarks drive: command → package.
+DEB_TOOLS := ip:iproute2 curl:curl openssl:openssl
+
+.PHONY: serve test lint deps debs clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+deps: $(STAMP)
+
+debs:
+	@missing=""; for pair in $(DEB_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+serve: $(STAMP)
+	$(BIN)/ecs-imds --data-dir data/demo serve --demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+test: $(STAMP) debs lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,304 @@
+"""Instance → its metadata tree (SPEC §2-3), rendered once per instance version.
+
+The tree is flattened into `entries`: a dict from a path below the version prefix, without a
+trailing slash (`meta-data/network/interfaces/macs`), to what that path serves. Directories
+are served as listings, leaves as their bytes; a few leaves are `Dynamic`, computed per
+request from secrets and the clock (RAM credentials, the PKCS#7 signature). The data plane
+then answers a GET with one dict lookup.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ValidationError
+from .model import Effective, Instance, MetadataOptions
+
+TEXT = b"text/plain; charset=utf-8"
+JSON = b"application/json"
+OCTET = b"application/octet-stream"
+
+VERSIONS = ("2016-01-01", "latest")
+
+# Built-in values for items that neither the instance nor the fleet defaults set.
+BUILTIN = {
+    "network-type": "vpc",
+    "virtualization-solution": "ECS Virt",
+    "virtualization-solution-version": "2.0",
+    "dns-nameservers": ("100.100.2.136", "100.100.2.138"),
+    "ntp-servers": ("ntp1.aliyun.com", "ntp2.aliyun.com", "ntp3.aliyun.com"),
+    "source-address": "http://mirrors.cloud.aliyuncs.com",
+}
+
+# The identity document's keys, in SPEC §5's order.
+DOCUMENT_KEYS = ("zone-id", "serial-number", "instance-id", "region-id", "private-ipv4",
+                 "owner-account-id", "mac", "image-id", "instance-type")
+
+CREDENTIALS_DIR = "meta-data/ram/security-credentials"
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """A static answer: its body and content type."""
+
+    body: bytes
+    content_type: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Dynamic:
+    """An answer computed per request: `kind` is `credentials` (arg: role) or `pkcs7`."""
+
+    kind: str
+    arg: str = ""
+
+
+Entry = Leaf | Dynamic
+Node = dict[str, "Node"] | Leaf | Dynamic
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """One instance, ready to serve."""
+
+    instance_id: str
+    vpc_id: str
+    options: MetadataOptions
+    entries: dict[str, Entry]
+    document: bytes
+    role: str | None
+
+
+class Pool:
+    """Shares equal leaves across instances: most of a fleet's values are the same bytes."""
+
+    def __init__(self) -> None:
+        self.leaves: dict[tuple[bytes, bytes], Leaf] = {}
+
+    def leaf(self, body: bytes, content_type: bytes = TEXT) -> Leaf:
+        key = (body, content_type)
+        found = self.leaves.get(key)
+        if found is None:
+            found = self.leaves[key] = Leaf(body, content_type)
+        return found
+
+
+def _text(pool: Pool, value: str) -> Leaf:
+    return pool.leaf(value.encode())
+
+
+def _crlf(pool: Pool, values: tuple[str, ...]) -> Leaf:
+    return pool.leaf("\r\n".join(values).encode())
+
+
+def _json_list(values: tuple[str, ...]) -> bytes:
+    return json.dumps(list(values), separators=(",", ":")).encode()
+
+
+def _interface(pool: Pool, nic: Any) -> dict[str, Node]:
+    d: dict[str, Node] = {
+        "network-interface-id": _text(pool, nic.network_interface_id),
+        "vpc-id": _text(pool, nic.vpc_id),
+        "vswitch-id": _text(pool, nic.vswitch_id),
+        "primary-ip-address": _text(pool, nic.primary_ip),
+        "private-ipv4s": pool.leaf(_json_list(nic.private_ipv4s)),
+        "netmask": _text(pool, nic.effective_netmask),
+        "gateway": _text(pool, nic.effective_gateway),
+        "vswitch-cidr-block": _text(pool, nic.vswitch_cidr_block),
+        "vpc-cidr-block": _text(pool, nic.vpc_cidr_block),
+    }
+    if nic.ipv4_prefixes:
+        d["ipv4-prefixes"] = pool.leaf(_json_list(nic.ipv4_prefixes))
+    if nic.has_ipv6:
+        d["ipv6s"] = _text(pool, "[" + ",".join(nic.ipv6s) + "]")
+        if nic.ipv6_prefixes:
+            d["ipv6-prefixes"] = _text(pool, "[" + ",".join(nic.ipv6_prefixes) + "]")
+        if nic.ipv6_gateway:
+            d["ipv6-gateway"] = _text(pool, nic.ipv6_gateway)
+        if nic.vswitch_ipv6_cidr_block:
+            d["vswitch-ipv6-cidr-block"] = _text(pool, nic.vswitch_ipv6_cidr_block)
+        d["vpc-ipv6-cidr-blocks"] = _text(pool, "[" + ",".join(nic.vpc_ipv6_cidr_blocks) + "]")
+    return d
+
+
+def _meta_data(pool: Pool, e: Effective) -> dict[str, Node]:
+    inst, v = e.instance, e.values
+    nic = inst.primary
+    t = lambda value: _text(pool, value)  # noqa: E731 - a short alias keeps the table readable
+
+    instance: dict[str, Node] = {
+        "instance-name": t(e.instance_name),
+        "instance-type": t(_required(v.instance_type, "instance-type")),
+    }
+    if inst.spot_termination_time:
+        instance["spot"] = {"termination-time": t(inst.spot_termination_time)}
+    instance["virtualization-solution"] = t(v.virtualization_solution
+                                            or BUILTIN["virtualization-solution"])
+    instance["virtualization-solution-version"] = t(
+        v.virtualization_solution_version or BUILTIN["virtualization-solution-version"])
+    if v.max_netbw_egress is not None:
+        instance["max-netbw-egress"] = t(str(v.max_netbw_egress))
+    if v.max_netbw_ingress is not None:
+        instance["max-netbw-ingress"] = t(str(v.max_netbw_ingress))
+    if inst.last_host_landing_time:
+        instance["last-host-landing-time"] = t(inst.last_host_landing_time)
+
+    md: dict[str, Node] = {
+        "instance-id": t(inst.instance_id),
+        "instance": instance,
+        "hostname": t(e.hostname),
+        "serial-number": t(e.serial_number),
+        "region-id": t(_required(v.region_id, "region-id")),
+        "zone-id": t(_required(v.zone_id, "zone-id")),
+        "owner-account-id": t(_required(v.owner_account_id, "owner-account-id")),
+        "image-id": t(_required(v.image_id, "image-id")),
+    }
+    if inst.image_product_code:
+        market: dict[str, Node] = {"product-code": t(inst.image_product_code)}
+        if inst.image_charge_type:
+            market["charge-type"] = t(inst.image_charge_type)
+        md["image"] = {"market-place": market}
+    md |= {
+        "network-type": t(BUILTIN["network-type"]),
+        "vpc-id": t(nic.vpc_id),
+        "vpc-cidr-block": t(nic.vpc_cidr_block),
+        "vswitch-id": t(nic.vswitch_id),
+        "vswitch-cidr-block": t(nic.vswitch_cidr_block),
+        "mac": t(nic.mac),
+        "private-ipv4": t(nic.primary_ip),
+    }
+    if len(nic.private_ipv4s) > 1:
+        md["sub-private-ipv4-list"] = _crlf(pool, nic.private_ipv4s[1:])
+    if inst.public_ipv4:
+        md["public-ipv4"] = t(inst.public_ipv4)
+    if inst.eipv4:
+        md["eipv4"] = t(inst.eipv4)
+    md["network"] = {"interfaces": {"macs": {
+        n.mac: _interface(pool, n) for n in sorted(inst.network_interfaces, key=lambda n: n.mac)
+    }}}
+    if inst.disks:
+        md["disks"] = {d.serial: {"id": t(d.id), **({"name": t(d.name)} if d.name else {})}
+                       for d in sorted(inst.disks, key=lambda d: d.serial)}
+    if inst.public_keys:
+        md["public-keys"] = {k: {"openssh-key": t(inst.public_keys[k])}
+                             for k in sorted(inst.public_keys)}
+    md["dns-conf"] = {"nameservers": _crlf(pool, v.dns_nameservers
+                                          or BUILTIN["dns-nameservers"])}
+    md["ntp-conf"] = {"ntp-servers": _crlf(pool, v.ntp_servers or BUILTIN["ntp-servers"])}
+    md["source-address"] = t(v.source_address or BUILTIN["source-address"])
+    if v.kms_server:
+        md["kms-server"] = t(v.kms_server)
+    if v.wsus_server or v.wsus_status_server:
+        wsus: dict[str, Node] = {}
+        if v.wsus_server:
+            wsus["wu-server"] = t(v.wsus_server)
+        if v.wsus_status_server:
+            wsus["wu-status-server"] = t(v.wsus_status_server)
+        md["wsus-server"] = wsus
+    md["hibernation"] = {"configured": t("true" if v.hibernation_configured else "false")}
+    md["launch-index"] = t(str(inst.launch_index))
+    if e.options.tags_exposed:
+        tags = {k: t(val) for k, val in sorted(inst.tags.items()) if exposable_tag(k)}
+        if tags:
+            md["tags"] = {"instance": tags}
+    if v.ram_role:
+        md["ram"] = {"security-credentials": {v.ram_role: Dynamic("credentials", v.ram_role)}}
+    return md
+
+
+def exposable_tag(key: str) -> bool:
+    """SPEC §3: empty keys and keys with `/` or white space are never exposed."""
+    return bool(key) and "/" not in key and not any(c.isspace() for c in key)
+
+
+def _required(value: str | None, name: str) -> str:
+    if value is None:
+        raise ValidationError(name, "is required: set it on the instance or in defaults")
+    return value
+
+
+def _add_extra(pool: Pool, tree: dict[str, Node], path: str, value: str) -> None:
+    *dirs, name = path.split("/")
+    node = tree
+    for i, part in enumerate(dirs):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValidationError(f"extra.{path}",
+                                  f"{'/'.join(dirs[:i + 1])} is an item, not a directory")
+        node = child
+    if isinstance(node.get(name), dict):
+        raise ValidationError(f"extra.{path}", "is a directory, not an item")
+    node[name] = _text(pool, value)
+
+
+def document(e: Effective) -> bytes:
+    """The instance identity document (SPEC §5): compact JSON, keys in a fixed order."""
+    v, nic = e.values, e.instance.primary
+    values = (v.zone_id, e.serial_number, e.instance.instance_id, v.region_id, nic.primary_ip,
+              v.owner_account_id, nic.mac, v.image_id, v.instance_type)
+    return json.dumps(dict(zip(DOCUMENT_KEYS, values, strict=True)),
+                      separators=(",", ":")).encode()
+
+
+def _to_json(node: Node) -> Any:
+    if isinstance(node, dict):
+        return {name: _to_json(child) for name, child in node.items()
+                if not isinstance(child, Dynamic)}
+    assert isinstance(node, Leaf)
+    return node.body.decode()
+
+
+def _listing(pool: Pool, node: dict[str, Node]) -> Leaf:
+    names = (f"{name}/" if isinstance(child, dict) else name for name, child in node.items())
+    return pool.leaf("\n".join(names).encode())
+
+
+def _flatten(pool: Pool, node: Node, path: str, out: dict[str, Entry]) -> None:
+    if isinstance(node, dict):
+        out[sys.intern(path)] = _listing(pool, node)
+        for name, child in node.items():
+            _flatten(pool, child, f"{path}/{name}" if path else name, out)
+    else:
+        out[sys.intern(path)] = node
+
+
+def render(e: Effective, pool: Pool | None = None) -> Rendered:
+    """Render every path an instance can ask for. Raises ValidationError naming the field."""
+    pool = pool or Pool()
+    inst = e.instance
+    meta = _meta_data(pool, e)
+    for path in sorted(e.extra):
+        _add_extra(pool, meta, path, e.extra[path])
+    doc = document(e)
+    tree: dict[str, Node] = {
+        "dynamic": {"instance-identity": {"document": pool.leaf(doc, JSON),
+                                          "pkcs7": Dynamic("pkcs7")}},
+        "maintenance": {},
+        "meta-data": meta,
+    }
+    if inst.events:
+        events = json.dumps([ev.to_doc() for ev in inst.events], separators=(",", ":"))
+        tree["maintenance"] = {"active-system-events": pool.leaf(events.encode(), JSON)}
+    if inst.user_data is not None:
+        tree["user-data"] = pool.leaf(inst.user_data, OCTET)
+    if inst.vendor_data is not None:
+        tree["vendor-data"] = pool.leaf(inst.vendor_data, OCTET)
+    entries: dict[str, Entry] = {}
+    _flatten(pool, tree, "", entries)
+    all_json = json.dumps(_to_json(meta), separators=(",", ":"), ensure_ascii=False)
+    entries["meta-data/all"] = pool.leaf(all_json.encode(), JSON)
+    return Rendered(instance_id=inst.instance_id, vpc_id=inst.vpc_id, options=e.options,
+                    entries=entries, document=doc, role=e.values.ram_role)
+
+
+def check_renders(instance: Instance, e: Effective) -> None:
+    """Validate what only rendering can tell (required inherited values, extra paths)."""
+    try:
+        render(e)
+    except ValidationError as exc:
+        raise exc.within(f"instance {instance.instance_id}") from None
+
+

@@ -1,0 +1,158 @@
+"""The server's configuration file (YAML) and its defaults.
+
+Every setting has a default that works on a laptop; see README "Settings" for each one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ValidationError
+
+DEFAULT_ENDPOINT = "http://100.100.100.200"
+
+
+def default_data_dir() -> Path:
+    """$XDG_DATA_HOME/ecs-imds, i.e. ~/.local/share/ecs-imds for a user."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ecs-imds"
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """An address the data plane listens on, and the VPC whose instances call it there."""
+
+    host: str
+    port: int
+    vpc_id: str
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bind(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """SPEC §8. Sizes in bytes, times in seconds, rate in requests per second per instance."""
+
+    request_line: int = 2048
+    headers: int = 8192
+    put_body: int = 64
+    rate: float = 1000.0
+    burst: float = 2000.0
+    idle_timeout: float = 15.0
+    request_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialSettings:
+    issuer: str = "builtin"
+    lifetime: int = 6 * 3600
+    refresh: int = 30 * 60
+    static_dir: str | None = None
+    command: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    data_dir: Path = field(default_factory=default_data_dir)
+    store: str | None = None
+    listeners: tuple[Listener, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    credentials: CredentialSettings = field(default_factory=CredentialSettings)
+    poll_interval: float = 0.2
+    workers: int = 1
+
+
+def parse_bind(value: str, where: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+        if not sep or not 0 < number < 65536:
+            raise ValueError
+    except ValueError:
+        raise ValidationError(where, f"{value!r} is not ADDRESS:PORT") from None
+    return host, number
+
+
+def _listener(doc: Any, where: str) -> Listener:
+    if not isinstance(doc, dict) or not isinstance(doc.get("bind"), str):
+        raise ValidationError(where, "needs bind: ADDRESS:PORT and vpc-id")
+    host, port = parse_bind(doc["bind"], f"{where}.bind")
+    vpc_id = doc.get("vpc-id")
+    if not isinstance(vpc_id, str) or not vpc_id:
+        raise ValidationError(f"{where}.vpc-id", "is required")
+    aliases = doc.get("aliases") or {}
+    if not isinstance(aliases, dict):
+        raise ValidationError(f"{where}.aliases", "must map addresses to instance ids")
+    unknown = set(doc) - {"bind", "vpc-id", "aliases"}
+    if unknown:
+        raise ValidationError(f"{where}.{sorted(unknown)[0]}", "is not a known setting")
+    return Listener(host, port, vpc_id, {str(k): str(v) for k, v in aliases.items()})
+
+
+def _section(doc: dict[str, Any], name: str, cls: type, where: str) -> Any:
+    sub = doc.get(name) or {}
+    if not isinstance(sub, dict):
+        raise ValidationError(name, "must be a mapping")
+    names = {f.replace("_", "-"): f for f in cls.__dataclass_fields__}
+    values: dict[str, Any] = {}
+    for key, value in sub.items():
+        if key not in names:
+            raise ValidationError(f"{name}.{key}", "is not a known setting")
+        default = getattr(cls(), names[key])
+        if isinstance(default, float | int) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValidationError(f"{name}.{key}", "must be a non-negative number")
+            value = type(default)(value)
+        elif isinstance(default, tuple):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValidationError(f"{name}.{key}", "must be a list of strings")
+            value = tuple(value)
+        values[names[key]] = value
+    return cls(**values)
+
+
+def load(path: Path | None, **overrides: Any) -> Config:
+    """The config file (if any) with command-line overrides applied on top."""
+    doc: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValidationError("", f"{path} must hold a mapping")
+        doc = loaded or {}
+    known = {"data-dir", "store", "listeners", "limits", "credentials", "poll-interval",
+             "workers"}
+    for key in doc:
+        if key not in known:
+            raise ValidationError(str(key), "is not a known setting")
+    creds = _section(doc, "credentials", CredentialSettings, "credentials")
+    if creds.issuer not in ("builtin", "static", "command"):
+        raise ValidationError("credentials.issuer", "must be builtin, static or command")
+    if creds.issuer == "static" and not creds.static_dir:
+        raise ValidationError("credentials.static-dir", "is required for the static issuer")
+    if creds.issuer == "command" and not creds.command:
+        raise ValidationError("credentials.command", "is required for the command issuer")
+    listeners = doc.get("listeners") or []
+    if not isinstance(listeners, list):
+        raise ValidationError("listeners", "must be a list")
+    config = Config(
+        data_dir=Path(doc["data-dir"]) if doc.get("data-dir") else default_data_dir(),
+        store=doc.get("store"),
+        listeners=tuple(_listener(d, f"listeners[{i}]") for i, d in enumerate(listeners)),
+        limits=_section(doc, "limits", Limits, "limits"),
+        credentials=creds,
+        poll_interval=float(doc.get("poll-interval", 0.2)),
+        workers=int(doc.get("workers", 1)),
+    )
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return replace(config, **changes) if changes else config

@@ -1,0 +1,92 @@
+"""Listeners, the current snapshot, and the housekeeping of connections.
+
+The data plane runs on one asyncio loop (uvloop). It reads `snapshot` once per request; the
+change feed replaces it from its own thread through `install`, on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from ..config import Limits, Listener
+from ..ratelimit import RateLimiter
+from ..snapshot import Snapshot
+from .http import HttpConnection
+
+log = logging.getLogger("ecs_imds.dataplane")
+
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerState:
+    vpc_id: str
+    aliases: dict[str, str]
+
+
+def bind_socket(listener: Listener, reuse_port: bool = False) -> socket.socket:
+    """A listening socket; IP_FREEBIND lets it start before 100.100.100.200 is assigned."""
+    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+    sock.bind((listener.host, listener.port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+class DataPlane:
+    def __init__(self, snapshot: Snapshot, limits: Limits) -> None:
+        self.snapshot = snapshot
+        self.limits = limits
+        self.limiter = RateLimiter(limits.rate, limits.burst)
+        self.connections: set[HttpConnection] = set()
+        self.responses: Counter[int] = Counter()
+        self.servers: list[asyncio.AbstractServer] = []
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def install(self, snapshot: Snapshot) -> None:
+        """Swap in a new snapshot (on the loop's thread)."""
+        self.snapshot = snapshot
+        self.limiter.forget(set(snapshot.by_id))
+
+    def count(self, status: int) -> None:
+        self.responses[status] += 1
+
+    async def start(self, listeners: list[tuple[Listener, socket.socket]]) -> None:
+        loop = asyncio.get_running_loop()
+        for listener, sock in listeners:
+            state = ListenerState(listener.vpc_id, listener.aliases)
+            server = await loop.create_server(
+                lambda state=state: HttpConnection(self, state), sock=sock)
+            self.servers.append(server)
+            log.info("data plane listening on %s for %s", listener.bind, listener.vpc_id)
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Close connections that idle too long or send a request too slowly."""
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            for conn in [c for c in self.connections if c.deadline < now]:
+                conn.expire()
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.expire()
+        for server in self.servers:
+            await server.wait_closed()

@@ -1,0 +1,86 @@
+"""Operator-level changes to the fleet: validated whole, written in one transaction.
+
+A fleet file or change that fails validation leaves the store exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import yaml
+
+from .catalogue import check_renders
+from .errors import ValidationError
+from .model import Fleet, FleetDefaults, Instance, check_unique, effective
+from .store import Store
+from .tokens import TokenKey, keys_to_keep
+
+
+def validate(defaults: FleetDefaults, instances: list[Instance]) -> None:
+    """Everything that must hold for the fleet to be served, checked before any write."""
+    check_unique(instances)
+    for i, inst in enumerate(instances):
+        try:
+            check_renders(inst, effective(inst, defaults))
+        except ValidationError as exc:
+            raise ValidationError(f"instances[{i}] ({inst.instance_id})." +
+                                  exc.field.split(".", 1)[-1], exc.message) from None
+
+
+def import_fleet(store: Store, doc: Any, replace: bool = False) -> int:
+    """Load a fleet document (defaults and instances). Without `replace`, instances already
+    in the store and not in the document are kept. Returns the new store version."""
+    fleet = Fleet.from_doc(doc)
+    given = {i.instance_id for i in fleet.instances}
+    kept = [] if replace else [
+        Instance.from_doc(s.doc) for s in store.load_instances()
+        if s.instance_id not in given
+    ]
+    validate(fleet.defaults, [*fleet.instances, *kept])
+    return store.write_fleet(fleet.defaults.to_doc(), [i.to_doc() for i in fleet.instances],
+                             replace=replace)
+
+
+def export_fleet(store: Store) -> dict[str, Any]:
+    """The fleet in the canonical form `import_fleet` reads."""
+    instances = tuple(Instance.from_doc(s.doc) for s in store.load_instances())
+    return Fleet(FleetDefaults.from_doc(store.load_defaults()), instances).to_doc()
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (user data, scripts) as YAML literal blocks, readable in a diff."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value and "\r" not in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def dump(doc: dict[str, Any], as_json: bool = False) -> str:
+    """A fleet document as text: YAML (the default) or JSON."""
+    if as_json:
+        return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+
+
+def ensure_token_keys(store: Store, now: int | None = None) -> list[TokenKey]:
+    """The key ring, with a first key made on first start."""
+    keys = store.token_keys()
+    if not keys:
+        rotate_token_key(store, now)
+        keys = store.token_keys()
+    return keys
+
+
+def rotate_token_key(store: Store, now: int | None = None) -> TokenKey:
+    """Add a new minting key; keep older keys only while tokens they minted may live."""
+    now = int(time.time()) if now is None else now
+    keys = store.token_keys()
+    key = TokenKey.generate(max((k.kid for k in keys), default=0) + 1, now)
+    store.replace_token_keys(keys_to_keep([*keys, key], now))
+    return key
