@@ -76,8 +76,7 @@ class HttpConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         peer = transport.get_extra_info("peername")
         self.peer_ip = normalise_ip(peer[0]) if peer else ""
         self.deadline = time.monotonic() + self.plane.limits.idle_timeout
