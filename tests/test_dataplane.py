@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from server import ServerProcess, free_port, get, http, read_all, split_responses
 
 from ecs_imds.cli import DEMO_VPC, demo_fleet
+from server import ServerProcess, free_port, get, http, read_all, split_responses
 
 WEB, HARDENED, SPOT = (f"i-bp1demo000000000000{n}" for n in (1, 2, 3))
 ALIASES = {"127.0.0.1": WEB, "127.0.0.2": HARDENED, "127.0.0.3": SPOT}

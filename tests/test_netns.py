@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+
 from netns import SERVER_IP, Namespace, Topology, require_root, topology_fixture
 
 # Echoes the peer address; for /ttl/<n> sets IP_TTL=<n> on the accepted

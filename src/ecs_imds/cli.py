@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+import uuid
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -15,6 +17,7 @@ import yaml
 from . import fleet
 from .client import MetadataClient, MetadataError
 from .config import Config, Listener, load, parse_bind
+from .credentials import CredentialError
 from .errors import ValidationError
 from .store import Store, open_store
 
@@ -81,7 +84,10 @@ def serve(ctx: click.Context, demo: bool, listen: tuple[str, ...]) -> None:
         if not vpc:
             raise click.ClickException("--listen needs ADDR:PORT=VPC-ID")
         listeners.append(Listener(host, port, vpc))
-    service = Service.open(replace(cfg, listeners=tuple(listeners)))
+    try:
+        service = Service.open(replace(cfg, listeners=tuple(listeners)))
+    except (CredentialError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
     if demo:
         doc = demo_fleet()
         fleet.import_fleet(service.store, doc, replace=True)
@@ -150,3 +156,131 @@ def rotate_token_key(ctx: click.Context) -> None:
     """Mint new tokens with a new key; tokens of older keys stay valid until they expire."""
     key = fleet.rotate_token_key(_store(ctx))
     click.echo(f"token key {key.kid} now mints new tokens")
+
+
+@admin.command("verify-credential")
+@click.argument("access_key_id")
+@click.argument("security_token")
+@click.pass_context
+def verify_credential(ctx: click.Context, access_key_id: str, security_token: str) -> None:
+    """Say which instance and role a builtin RAM credential belongs to, and if it is valid."""
+    from .credentials import BuiltinIssuer, format_time
+    from .service import credential_issuer
+
+    cfg = _config(ctx)
+    if cfg.credentials.issuer != "builtin":
+        raise click.ClickException("only credentials of the builtin issuer can be verified")
+    issuer = credential_issuer(_store(ctx), cfg.credentials)
+    assert isinstance(issuer, BuiltinIssuer)
+    verdict = issuer.verify(access_key_id, security_token, time.time())
+    if verdict is None:
+        raise click.ClickException("not a credential of this fleet")
+    state = "valid" if verdict.valid else "expired"
+    click.echo(f"instance {verdict.instance_id} role {verdict.role} issued "
+               f"{format_time(verdict.issued)} expires {format_time(verdict.expires)}: {state}")
+    if not verdict.valid:
+        ctx.exit(1)
+
+
+@admin.command("identity-cert")
+@click.pass_context
+def identity_cert(ctx: click.Context) -> None:
+    """Print the certificate that verifies instance identity signatures (PEM)."""
+    from .service import identity_signer
+
+    click.echo(identity_signer(_store(ctx)).cert_pem.decode(), nl=False)
+
+
+@main.command("verify-identity")
+@click.option("--document", type=click.File("rb"), required=True,
+              help="The identity document as the instance sent it.")
+@click.option("--signature", type=click.File("rb"), required=True,
+              help="The pkcs7 body (base64, PEM armour optional).")
+@click.option("--cert", type=click.File("rb"), required=True,
+              help="The service's certificate (`admin identity-cert`).")
+def verify_identity(document: Any, signature: Any, cert: Any) -> None:
+    """Check an identity document and its signature, as a relying service would."""
+    from .identity import verify
+
+    if not verify(document.read(), signature.read(), cert.read()):
+        raise click.ClickException("Verification failure")
+    click.echo("Verification successful")
+
+
+def _set_instance(ctx: click.Context, instance_id: str, mutate: Any) -> None:
+    try:
+        version = fleet.update_instance(_store(ctx), instance_id, mutate)
+    except ValidationError as exc:
+        raise click.ClickException(f"{exc}; nothing was changed") from None
+    click.echo(f"{instance_id} changed (store version {version})", err=True)
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+@admin.command("spot")
+@click.argument("instance_id")
+@click.option("--at", "at", metavar="TIME", help="Reclaim time, e.g. 2026-11-28T17:03:00Z.")
+@click.option("--in", "in_", type=click.IntRange(0), metavar="SECONDS",
+              help="Reclaim this many seconds from now.")
+@click.option("--cancel", is_flag=True, help="No reclaim scheduled any more.")
+@click.pass_context
+def spot(ctx: click.Context, instance_id: str, at: str | None, in_: int | None,
+         cancel: bool) -> None:
+    """Schedule (or cancel) a spot instance's reclaim: `instance/spot/termination-time`."""
+    if sum(x is not None and x is not False for x in (at, in_, cancel or None)) != 1:
+        raise click.UsageError("give exactly one of --at, --in, --cancel")
+    when = None if cancel else at or _utc(time.time() + (in_ or 0))
+
+    def mutate(doc: dict[str, Any]) -> None:
+        doc.pop("spot-termination-time", None)
+        if when:
+            doc["spot-termination-time"] = when
+
+    _set_instance(ctx, instance_id, mutate)
+
+
+@admin.group()
+def event() -> None:
+    """Active system events (`maintenance/active-system-events`)."""
+
+
+@event.command("add")
+@click.argument("instance_id")
+@click.option("--type", "event_type", required=True,
+              help="EventType, e.g. SystemMaintenance.Reboot.")
+@click.option("--not-before", help="UTC time; default now.")
+@click.option("--reason", default="", help="Why (free text).")
+@click.option("--status", default="Scheduled", show_default=True, help="EventCycleStatus.")
+@click.option("--id", "event_id", help="EventId; default a new e-… id.")
+@click.pass_context
+def event_add(ctx: click.Context, instance_id: str, event_type: str, not_before: str | None,
+              reason: str, status: str, event_id: str | None) -> None:
+    """Add an active system event to an instance."""
+    event_id = event_id or f"e-{uuid.uuid4().hex[:20]}"
+    record = {"EventId": event_id, "EventType": event_type, "EventCycleStatus": status,
+              "NotBefore": not_before or _utc(time.time()), "Reason": reason}
+
+    def mutate(doc: dict[str, Any]) -> None:
+        doc["events"] = [e for e in doc.get("events", []) if e["EventId"] != event_id]
+        doc["events"].append(record)
+
+    _set_instance(ctx, instance_id, mutate)
+    click.echo(event_id)
+
+
+@event.command("cancel")
+@click.argument("instance_id")
+@click.argument("event_id")
+@click.pass_context
+def event_cancel(ctx: click.Context, instance_id: str, event_id: str) -> None:
+    """Remove an event from the instance's active events."""
+
+    def mutate(doc: dict[str, Any]) -> None:
+        events = doc.get("events", [])
+        if not any(e["EventId"] == event_id for e in events):
+            raise ValidationError("events", f"no active event {event_id}")
+        doc["events"] = [e for e in events if e["EventId"] != event_id]
+
+    _set_instance(ctx, instance_id, mutate)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -18,10 +19,13 @@ from .store import Store
 from .tokens import TokenKey, keys_to_keep
 
 
-def validate(defaults: FleetDefaults, instances: list[Instance]) -> None:
-    """Everything that must hold for the fleet to be served, checked before any write."""
+def validate(defaults: FleetDefaults, instances: list[Instance], changed: int | None = None
+             ) -> None:
+    """Everything that must hold for the fleet to be served, checked before any write.
+    Only the first `changed` instances are rendered (all when None): the others are as
+    they were, under the same defaults."""
     check_unique(instances)
-    for i, inst in enumerate(instances):
+    for i, inst in enumerate(instances[:changed]):
         try:
             check_renders(inst, effective(inst, defaults))
         except ValidationError as exc:
@@ -41,6 +45,22 @@ def import_fleet(store: Store, doc: Any, replace: bool = False) -> int:
     validate(fleet.defaults, [*fleet.instances, *kept])
     return store.write_fleet(fleet.defaults.to_doc(), [i.to_doc() for i in fleet.instances],
                              replace=replace)
+
+
+def update_instance(store: Store, instance_id: str,
+                    mutate: Callable[[dict[str, Any]], None]) -> int:
+    """Change one instance's document with `mutate`, validate, write. Returns the version."""
+    found = store.load_instances([instance_id])
+    if not found:
+        raise ValidationError("instance-id", f"no instance {instance_id}")
+    doc = found[0].doc
+    mutate(doc)
+    inst = Instance.from_doc(doc)
+    defaults = FleetDefaults.from_doc(store.load_defaults())
+    others = [Instance.from_doc(s.doc) for s in store.load_instances()
+              if s.instance_id != instance_id]
+    validate(defaults, [inst, *others], changed=1)
+    return store.write_fleet(None, [inst.to_doc()])
 
 
 def export_fleet(store: Store) -> dict[str, Any]:

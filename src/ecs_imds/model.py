@@ -103,7 +103,8 @@ class _Reader:
         if not isinstance(value, list):
             raise self.fail(key, "must be a list")
         sub = _Reader({str(i): v for i, v in enumerate(value)}, self.path(key))
-        return tuple(sub.string(str(i), check=check) or "" for i in range(len(value)))
+        return tuple(sub.string(str(i), check=check, required=True) or ""
+                     for i in range(len(value)))
 
     def mapping(self, key: str, key_pattern: re.Pattern[str] | None = None
                 ) -> dict[str, str] | None:
@@ -117,7 +118,7 @@ class _Reader:
         for name in value:
             if not isinstance(name, str) or (key_pattern and not key_pattern.fullmatch(name)):
                 raise sub.fail(str(name), "is not an allowed name")
-            out[name] = sub.string(name, max_len=65536) or ""
+            out[name] = sub.string(name, max_len=65536, required=True) or ""
         return out
 
     def records(self, key: str, parse: Callable[[Any, str], Any]) -> tuple[Any, ...] | None:
@@ -361,7 +362,8 @@ class SystemEvent:
             event_type=r.string("EventType", required=True, max_len=64) or "",
             event_cycle_status=r.string("EventCycleStatus", required=True, max_len=64) or "",
             not_before=r.string("NotBefore", required=True, check=_timestamp) or "",
-            reason=r.string("Reason", max_len=512) or "",
+            # to_doc writes an absent reason as "" (every served event has a Reason).
+            reason="" if r.raw("Reason") == "" else r.string("Reason", max_len=512) or "",
         )
         r.done()
         return event

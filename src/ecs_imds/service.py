@@ -48,16 +48,15 @@ class Service:
 
     config: Config
     store: Store
+    dynamic: Secrets
 
     @classmethod
     def open(cls, config: Config) -> Service:
+        """Open the store and everything secret; a bad setting fails here, before serving."""
         store = open_store(config.store, config.data_dir)
         ensure_token_keys(store)
-        return cls(config, store)
-
-    def dynamic(self) -> Secrets:
-        return Secrets(credential_issuer(self.store, self.config.credentials),
-                       identity_signer(self.store))
+        dynamic = Secrets(credential_issuer(store, config.credentials), identity_signer(store))
+        return cls(config, store, dynamic)
 
     async def serve(self, sockets: list[socket.socket] | None = None,
                     ready: asyncio.Event | None = None,
@@ -67,7 +66,7 @@ class Service:
         if sockets is None:
             sockets = [bind_socket(lst, reuse_port=self.config.workers > 1)
                        for lst in listeners]
-        builder = SnapshotBuilder(self.store, self.dynamic())
+        builder = SnapshotBuilder(self.store, self.dynamic)
         first = await loop.run_in_executor(None, builder.build)
         plane = DataPlane(first, self.config.limits)
         feed = ChangeFeed(builder, first,

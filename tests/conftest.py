@@ -1,0 +1,5 @@
+"""Fixtures shared by the end-to-end test modules."""
+
+from e2e import server, topo
+
+__all__ = ["server", "topo"]
