@@ -21,6 +21,15 @@ class StoredInstance:
     revision: int
 
 
+class Conflict(Exception):
+    """A conditional write found the instance at another revision than the caller expected."""
+
+    def __init__(self, instance_id: str, current: int) -> None:
+        super().__init__(f"{instance_id} is at revision {current}")
+        self.instance_id = instance_id
+        self.current = current
+
+
 class Store(Protocol):
     def version(self) -> int:
         """A counter that grows with every committed change."""
@@ -39,6 +48,15 @@ class Store(Protocol):
 
     def delete_instances(self, ids: list[str]) -> int: ...
 
+    def put_instance(self, doc: dict[str, Any], expect: int | None) -> int:
+        """Write one instance only if its revision is `expect` (0: it must not exist yet;
+        None: whatever it is), checked and written in one transaction. Returns the new
+        revision; raises Conflict otherwise."""
+
+    def delete_instance(self, instance_id: str, expect: int | None) -> int:
+        """Delete one instance under the same precondition as `put_instance`; Conflict
+        (current 0) when it does not exist."""
+
     def token_keys(self) -> list[TokenKey]: ...
 
     def replace_token_keys(self, keys: list[TokenKey]) -> int: ...
@@ -46,6 +64,9 @@ class Store(Protocol):
     def secret(self, name: str, make: Any) -> bytes:
         """The named secret; created with `make()` on first use, once, even when several
         servers start at the same time."""
+
+    def set_secret(self, name: str, value: bytes) -> int:
+        """Replace a named secret (a key rotation); bumps the version."""
 
     def close(self) -> None: ...
 

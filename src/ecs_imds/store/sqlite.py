@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..tokens import TokenKey
-from .base import StoredInstance
+from .base import Conflict, StoredInstance
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -106,6 +106,35 @@ class SQLiteStore:
     def delete_instances(self, ids: list[str]) -> int:
         with self._tx() as db:
             db.executemany("DELETE FROM instances WHERE instance_id = ?", [(i,) for i in ids])
+            return self._bump(db)
+
+    def _check(self, db: sqlite3.Connection, instance_id: str, expect: int | None) -> None:
+        row = db.execute("SELECT revision FROM instances WHERE instance_id = ?",
+                         (instance_id,)).fetchone()
+        current = int(row[0]) if row else 0
+        if expect is not None and current != expect:
+            raise Conflict(instance_id, current)
+
+    def put_instance(self, doc: dict[str, Any], expect: int | None) -> int:
+        with self._tx() as db:
+            self._check(db, doc["instance-id"], expect)
+            version = self._bump(db)
+            db.execute("INSERT INTO instances VALUES (?, ?, ?) ON CONFLICT (instance_id) "
+                       "DO UPDATE SET doc = excluded.doc, revision = excluded.revision",
+                       (doc["instance-id"], _dump(doc), version))
+            return version
+
+    def delete_instance(self, instance_id: str, expect: int | None) -> int:
+        with self._tx() as db:
+            self._check(db, instance_id, expect)
+            if db.execute("DELETE FROM instances WHERE instance_id = ?",
+                          (instance_id,)).rowcount == 0:
+                raise Conflict(instance_id, 0)
+            return self._bump(db)
+
+    def set_secret(self, name: str, value: bytes) -> int:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO secrets VALUES (?, ?)", (name, value))
             return self._bump(db)
 
     def token_keys(self) -> list[TokenKey]:
