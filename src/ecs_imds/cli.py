@@ -209,7 +209,9 @@ def verify_identity(document: Any, signature: Any, cert: Any) -> None:
 
 def _set_instance(ctx: click.Context, instance_id: str, mutate: Any) -> None:
     try:
-        version = fleet.update_instance(_store(ctx), instance_id, mutate)
+        _, version = fleet.modify_instance(_store(ctx), instance_id, mutate)
+    except fleet.NotFound:
+        raise click.ClickException(f"no instance {instance_id}") from None
     except ValidationError as exc:
         raise click.ClickException(f"{exc}; nothing was changed") from None
     click.echo(f"{instance_id} changed (store version {version})", err=True)

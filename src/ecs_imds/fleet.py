@@ -5,6 +5,7 @@ A fleet file or change that fails validation leaves the store exactly as it was.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import yaml
 from .catalogue import check_renders
 from .errors import ValidationError
 from .model import Fleet, FleetDefaults, Instance, check_unique, effective
-from .store import Store
+from .store import Conflict, Store, StoredInstance
 from .tokens import TokenKey, keys_to_keep
 
 
@@ -35,32 +36,80 @@ def validate(defaults: FleetDefaults, instances: list[Instance], changed: int | 
 
 def import_fleet(store: Store, doc: Any, replace: bool = False) -> int:
     """Load a fleet document (defaults and instances). Without `replace`, instances already
-    in the store and not in the document are kept. Returns the new store version."""
+    in the store and not in the document are kept, and so are the defaults when the
+    document has none. Returns the new store version."""
     fleet = Fleet.from_doc(doc)
+    has_defaults = isinstance(doc, dict) and doc.get("defaults") is not None
+    defaults = fleet.defaults if has_defaults or replace else _defaults(store)
     given = {i.instance_id for i in fleet.instances}
     kept = [] if replace else [
         Instance.from_doc(s.doc) for s in store.load_instances()
         if s.instance_id not in given
     ]
-    validate(fleet.defaults, [*fleet.instances, *kept])
-    return store.write_fleet(fleet.defaults.to_doc(), [i.to_doc() for i in fleet.instances],
-                             replace=replace)
+    validate(defaults, [*fleet.instances, *kept])
+    return store.write_fleet(defaults.to_doc() if has_defaults or replace else None,
+                             [i.to_doc() for i in fleet.instances], replace=replace)
 
 
-def update_instance(store: Store, instance_id: str,
-                    mutate: Callable[[dict[str, Any]], None]) -> int:
-    """Change one instance's document with `mutate`, validate, write. Returns the version."""
+class NotFound(LookupError):
+    """No instance with that id."""
+
+
+def _defaults(store: Store) -> FleetDefaults:
+    return FleetDefaults.from_doc(store.load_defaults())
+
+
+def read_instance(store: Store, instance_id: str) -> StoredInstance:
     found = store.load_instances([instance_id])
     if not found:
-        raise ValidationError("instance-id", f"no instance {instance_id}")
-    doc = found[0].doc
-    mutate(doc)
+        raise NotFound(instance_id)
+    return found[0]
+
+
+def write_instance(store: Store, doc: Any, expect: int | None) -> tuple[Instance, int]:
+    """Validate one instance document against the fleet and write it if its revision is
+    still `expect` (0: a new instance). Returns it in canonical form and its revision."""
     inst = Instance.from_doc(doc)
-    defaults = FleetDefaults.from_doc(store.load_defaults())
     others = [Instance.from_doc(s.doc) for s in store.load_instances()
-              if s.instance_id != instance_id]
-    validate(defaults, [inst, *others], changed=1)
-    return store.write_fleet(None, [inst.to_doc()])
+              if s.instance_id != inst.instance_id]
+    validate(_defaults(store), [inst, *others], changed=1)
+    return inst, store.put_instance(inst.to_doc(), expect)
+
+
+def modify_instance(store: Store, instance_id: str, mutate: Callable[[dict[str, Any]], None],
+                    expect: int | None = None) -> tuple[Instance, int]:
+    """Read, change with `mutate`, validate and write one instance. With `expect`, the
+    write happens only at that revision; without, a concurrent change makes it start over
+    on the newer document, so no update is ever lost."""
+    while True:
+        current = read_instance(store, instance_id)
+        if expect is not None and current.revision != expect:
+            raise Conflict(instance_id, current.revision)
+        doc = copy.deepcopy(current.doc)
+        mutate(doc)
+        if doc.get("instance-id") != instance_id:
+            raise ValidationError("instance-id", "cannot be changed")
+        try:
+            return write_instance(store, doc, current.revision)
+        except Conflict:
+            if expect is not None:
+                raise
+
+
+def delete_instance(store: Store, instance_id: str, expect: int | None = None) -> int:
+    try:
+        return store.delete_instance(instance_id, expect)
+    except Conflict as exc:
+        if exc.current == 0:
+            raise NotFound(instance_id) from None
+        raise
+
+
+def set_defaults(store: Store, doc: Any) -> tuple[FleetDefaults, int]:
+    """Replace the fleet defaults; every instance must still render under them."""
+    defaults = FleetDefaults.from_doc(doc)
+    validate(defaults, [Instance.from_doc(s.doc) for s in store.load_instances()])
+    return defaults, store.write_fleet(defaults.to_doc(), [])
 
 
 def export_fleet(store: Store) -> dict[str, Any]:
