@@ -18,7 +18,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
+
+from ecs_imds.api.client import AdminClient
 
 ECS_IMDS = str(Path(sys.executable).with_name("ecs-imds"))
 
@@ -36,8 +39,11 @@ class ServerProcess:
                  listeners: Sequence[Mapping[str, Any]], **settings: Any) -> None:
         self.workdir = workdir
         self.config_path = workdir / "config.yaml"
+        self.api_socket = workdir / "api.sock"
+        api = settings.pop("api", {"unix": str(self.api_socket)})
+        self.api_url = f"http://{api['bind']}" if "bind" in api else f"unix://{api['unix']}"
         config = {"data-dir": str(workdir / "data"), "listeners": list(listeners),
-                  "poll-interval": 0.1, **settings}
+                  "poll-interval": 0.1, "api": api, **settings}
         self.config_path.write_text(yaml.safe_dump(config))
         self.fleet_path = workdir / "fleet.yaml"
         self.fleet_path.write_text(yaml.safe_dump(dict(fleet), sort_keys=False))
@@ -63,22 +69,60 @@ class ServerProcess:
         doc = yaml.safe_load(self.fleet_path.read_text())
         mutate(doc)
         self.fleet_path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        self.admin("import", str(self.fleet_path))
+        self.import_fleet()
 
     def command(self) -> list[str]:
         return [ECS_IMDS, "--config", str(self.config_path), "serve"]
 
     def start(self, launcher: Any = None) -> ServerProcess:
-        """Import the fleet and start serving; `launcher(argv, stdout)` runs it elsewhere
-        (e.g. in a namespace). Waits until every listener accepts connections."""
-        self.admin("import", str(self.fleet_path))
-        log = self.log_path.open("w")
+        """Start serving and import the fleet through the API; `launcher(argv, stdout)` runs
+        the server elsewhere (e.g. in a namespace)."""
+        self.launch(launcher)
+        self.import_fleet()
+        return self
+
+    def import_fleet(self) -> None:
+        """Import the fleet file and wait until the data plane serves it."""
+        result = self.admin("import", str(self.fleet_path))
+        self.wait_version(int(result.stderr.rsplit("store version ", 1)[1].rstrip(")\n")))
+
+    def api(self) -> AdminClient:
+        return AdminClient(self.api_url, self.token())
+
+    def wait_version(self, version: int, timeout: float = 20.0) -> None:
+        """Until the served snapshot is built from store version `version` or later."""
+        deadline = time.monotonic() + timeout
+        client = self.api()
+        while (client.http.get("/readyz").json().get("version") or 0) < version:
+            assert time.monotonic() < deadline, f"version {version} never served"
+            time.sleep(0.05)
+
+    def launch(self, launcher: Any = None) -> None:
+        """Start the server process and wait for its control plane."""
+        log = self.log_path.open("a")
         if launcher is None:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                          text=True)
         else:
             self.proc = launcher(self.command(), log)
-        return self
+        self.wait_api()
+
+    def wait_api(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.log()}")
+            try:
+                self.api().http.get("/healthz")
+                return
+            except (OSError, httpx.HTTPError):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"control plane not ready: {self.log()}") from None
+                time.sleep(0.05)
+
+    def token(self) -> str:
+        """The admin token the server wrote on its first start."""
+        return (self.workdir / "data" / "admin.token").read_text().strip()
 
     def wait_ready(self, host: str, port: int, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

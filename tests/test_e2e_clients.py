@@ -184,8 +184,8 @@ def test_tokens_survive_a_restart(topo: Topology, server: ServerProcess) -> None
     status, tok = token(topo, "b")
     assert status == 200
     server.stop()
-    server.proc = topo.server.popen(server.command(), stdout=server.log_path.open("a"),
-                                    stderr=subprocess.STDOUT)
+    server.launch(lambda argv, log: topo.server.popen(argv, stdout=log,
+                                                      stderr=subprocess.STDOUT))
     topo.server.wait_for_tcp("100.100.100.200", 80)
     assert curl(topo, "b", "/latest/meta-data/instance-id",
                 "-H", f"X-aliyun-ecs-metadata-token: {tok.decode()}") == (200, B.encode())

@@ -4,7 +4,6 @@ instances in theirs, one of them behind a router. Every client runs inside a nam
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from e2e import CLIENT_ENV, A, B, C, curl, in_ns, token
@@ -81,8 +80,7 @@ def _set_hop_limit(server: ServerProcess, topo: Topology, hops: int) -> None:
     def change(doc: dict[str, Any]) -> None:
         doc["instances"][2]["metadata-options"] = {"http-put-response-hop-limit": hops}
 
-    server.update_fleet(change)
-    time.sleep(0.5)  # the server polls the store every 0.1 s
+    server.update_fleet(change)  # returns once the data plane serves the change
 
 
 def test_hop_limit_keeps_tokens_from_crossing_a_router(topo: Topology,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
-import uuid
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -15,11 +13,11 @@ import click
 import yaml
 
 from . import fleet
+from .admin import admin, config_of
 from .client import MetadataClient, MetadataError
-from .config import Config, Listener, load, parse_bind
+from .config import Listener, parse_bind
 from .credentials import CredentialError
 from .errors import ValidationError
-from .store import Store, open_store
 
 DEMO_VPC = "vpc-demo000001"
 DEMO_LISTEN = "127.0.0.1:8080"
@@ -27,28 +25,6 @@ DEMO_LISTEN = "127.0.0.1:8080"
 
 def demo_fleet() -> dict[str, Any]:
     return yaml.safe_load(resources.files("ecs_imds").joinpath("demo/fleet.yaml").read_text())
-
-
-def _config(ctx: click.Context) -> Config:
-    opts = ctx.find_root().params
-    try:
-        return load(opts.get("config"), data_dir=opts.get("data_dir"), store=opts.get("store"))
-    except ValidationError as exc:
-        raise click.ClickException(f"config: {exc}") from None
-
-
-def _store(ctx: click.Context) -> Store:
-    cfg = _config(ctx)
-    return open_store(cfg.store, cfg.data_dir)
-
-
-def read_fleet_file(path: str) -> Any:
-    """A fleet file, YAML or JSON (JSON is YAML), or - for standard input."""
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise click.ClickException(f"{path}: not YAML or JSON: {exc}") from None
 
 
 @click.group()
@@ -73,7 +49,7 @@ def serve(ctx: click.Context, demo: bool, listen: tuple[str, ...]) -> None:
     """Run the data plane."""
     from .service import Service
 
-    cfg = _config(ctx)
+    cfg = config_of(ctx)
     listeners = list(cfg.listeners)
     for item in listen:
         bind, _, vpc = item.partition("=")
@@ -121,76 +97,6 @@ def get(path: str, use_token: bool, ttl: int, endpoint: str | None) -> None:
         sys.stdout.write("\n")
 
 
-@main.group()
-def admin() -> None:
-    """Operate on the store."""
-
-
-@admin.command("import")
-@click.argument("file")
-@click.option("--replace", is_flag=True, help="Delete instances that are not in FILE.")
-@click.pass_context
-def import_(ctx: click.Context, file: str, replace: bool) -> None:
-    """Load a fleet file (YAML or JSON), validated whole: all of it or nothing."""
-    doc = read_fleet_file(file)
-    store = _store(ctx)
-    try:
-        version = fleet.import_fleet(store, doc, replace=replace)
-    except ValidationError as exc:
-        raise click.ClickException(f"{file}: {exc}; nothing was changed") from None
-    count = len((doc or {}).get("instances") or [])
-    click.echo(f"imported {count} instances (store version {version})", err=True)
-
-
-@admin.command("export")
-@click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML.")
-@click.pass_context
-def export(ctx: click.Context, as_json: bool) -> None:
-    """Write the fleet out in the form `import` reads."""
-    click.echo(fleet.dump(fleet.export_fleet(_store(ctx)), as_json), nl=False)
-
-
-@admin.command("rotate-token-key")
-@click.pass_context
-def rotate_token_key(ctx: click.Context) -> None:
-    """Mint new tokens with a new key; tokens of older keys stay valid until they expire."""
-    key = fleet.rotate_token_key(_store(ctx))
-    click.echo(f"token key {key.kid} now mints new tokens")
-
-
-@admin.command("verify-credential")
-@click.argument("access_key_id")
-@click.argument("security_token")
-@click.pass_context
-def verify_credential(ctx: click.Context, access_key_id: str, security_token: str) -> None:
-    """Say which instance and role a builtin RAM credential belongs to, and if it is valid."""
-    from .credentials import BuiltinIssuer, format_time
-    from .service import credential_issuer
-
-    cfg = _config(ctx)
-    if cfg.credentials.issuer != "builtin":
-        raise click.ClickException("only credentials of the builtin issuer can be verified")
-    issuer = credential_issuer(_store(ctx), cfg.credentials)
-    assert isinstance(issuer, BuiltinIssuer)
-    verdict = issuer.verify(access_key_id, security_token, time.time())
-    if verdict is None:
-        raise click.ClickException("not a credential of this fleet")
-    state = "valid" if verdict.valid else "expired"
-    click.echo(f"instance {verdict.instance_id} role {verdict.role} issued "
-               f"{format_time(verdict.issued)} expires {format_time(verdict.expires)}: {state}")
-    if not verdict.valid:
-        ctx.exit(1)
-
-
-@admin.command("identity-cert")
-@click.pass_context
-def identity_cert(ctx: click.Context) -> None:
-    """Print the certificate that verifies instance identity signatures (PEM)."""
-    from .service import identity_signer
-
-    click.echo(identity_signer(_store(ctx)).cert_pem.decode(), nl=False)
-
-
 @main.command("verify-identity")
 @click.option("--document", type=click.File("rb"), required=True,
               help="The identity document as the instance sent it.")
@@ -207,82 +113,4 @@ def verify_identity(document: Any, signature: Any, cert: Any) -> None:
     click.echo("Verification successful")
 
 
-def _set_instance(ctx: click.Context, instance_id: str, mutate: Any) -> None:
-    try:
-        _, version = fleet.modify_instance(_store(ctx), instance_id, mutate)
-    except fleet.NotFound:
-        raise click.ClickException(f"no instance {instance_id}") from None
-    except ValidationError as exc:
-        raise click.ClickException(f"{exc}; nothing was changed") from None
-    click.echo(f"{instance_id} changed (store version {version})", err=True)
-
-
-def _utc(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-@admin.command("spot")
-@click.argument("instance_id")
-@click.option("--at", "at", metavar="TIME", help="Reclaim time, e.g. 2026-11-28T17:03:00Z.")
-@click.option("--in", "in_", type=click.IntRange(0), metavar="SECONDS",
-              help="Reclaim this many seconds from now.")
-@click.option("--cancel", is_flag=True, help="No reclaim scheduled any more.")
-@click.pass_context
-def spot(ctx: click.Context, instance_id: str, at: str | None, in_: int | None,
-         cancel: bool) -> None:
-    """Schedule (or cancel) a spot instance's reclaim: `instance/spot/termination-time`."""
-    if sum(x is not None and x is not False for x in (at, in_, cancel or None)) != 1:
-        raise click.UsageError("give exactly one of --at, --in, --cancel")
-    when = None if cancel else at or _utc(time.time() + (in_ or 0))
-
-    def mutate(doc: dict[str, Any]) -> None:
-        doc.pop("spot-termination-time", None)
-        if when:
-            doc["spot-termination-time"] = when
-
-    _set_instance(ctx, instance_id, mutate)
-
-
-@admin.group()
-def event() -> None:
-    """Active system events (`maintenance/active-system-events`)."""
-
-
-@event.command("add")
-@click.argument("instance_id")
-@click.option("--type", "event_type", required=True,
-              help="EventType, e.g. SystemMaintenance.Reboot.")
-@click.option("--not-before", help="UTC time; default now.")
-@click.option("--reason", default="", help="Why (free text).")
-@click.option("--status", default="Scheduled", show_default=True, help="EventCycleStatus.")
-@click.option("--id", "event_id", help="EventId; default a new e-… id.")
-@click.pass_context
-def event_add(ctx: click.Context, instance_id: str, event_type: str, not_before: str | None,
-              reason: str, status: str, event_id: str | None) -> None:
-    """Add an active system event to an instance."""
-    event_id = event_id or f"e-{uuid.uuid4().hex[:20]}"
-    record = {"EventId": event_id, "EventType": event_type, "EventCycleStatus": status,
-              "NotBefore": not_before or _utc(time.time()), "Reason": reason}
-
-    def mutate(doc: dict[str, Any]) -> None:
-        doc["events"] = [e for e in doc.get("events", []) if e["EventId"] != event_id]
-        doc["events"].append(record)
-
-    _set_instance(ctx, instance_id, mutate)
-    click.echo(event_id)
-
-
-@event.command("cancel")
-@click.argument("instance_id")
-@click.argument("event_id")
-@click.pass_context
-def event_cancel(ctx: click.Context, instance_id: str, event_id: str) -> None:
-    """Remove an event from the instance's active events."""
-
-    def mutate(doc: dict[str, Any]) -> None:
-        events = doc.get("events", [])
-        if not any(e["EventId"] == event_id for e in events):
-            raise ValidationError("events", f"no active event {event_id}")
-        doc["events"] = [e for e in events if e["EventId"] != event_id]
-
-    _set_instance(ctx, instance_id, mutate)
+main.add_command(admin)

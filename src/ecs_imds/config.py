@@ -61,6 +61,15 @@ class CredentialSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """The control plane's own listener: TCP (loopback by default) or a Unix socket."""
+
+    bind: str | None = "127.0.0.1:9180"
+    unix: str | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     data_dir: Path = field(default_factory=default_data_dir)
     store: str | None = None
@@ -69,6 +78,17 @@ class Config:
     credentials: CredentialSettings = field(default_factory=CredentialSettings)
     poll_interval: float = 0.2
     workers: int = 1
+    api: ApiSettings = field(default_factory=ApiSettings)
+    audit_log: Path | None = None
+    access_log: Path | None = None
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit_log or self.data_dir / "audit.log"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_dir / "admin.token"
 
 
 def parse_bind(value: str, where: str) -> tuple[str, int]:
@@ -122,6 +142,18 @@ def _section(doc: dict[str, Any], name: str, cls: type, where: str) -> Any:
     return cls(**values)
 
 
+def _api(doc: Any) -> ApiSettings:
+    if doc is False:
+        return ApiSettings(enabled=False)
+    if not isinstance(doc, dict) or set(doc) - {"bind", "unix"}:
+        raise ValidationError("api", "must be false or have bind: ADDRESS:PORT or unix: PATH")
+    if doc.get("bind"):
+        parse_bind(str(doc["bind"]), "api.bind")
+    if doc.get("unix"):
+        return ApiSettings(bind=None, unix=str(doc["unix"]))
+    return ApiSettings(bind=str(doc.get("bind") or ApiSettings.bind))
+
+
 def load(path: Path | None, **overrides: Any) -> Config:
     """The config file (if any) with command-line overrides applied on top."""
     doc: dict[str, Any] = {}
@@ -131,7 +163,7 @@ def load(path: Path | None, **overrides: Any) -> Config:
             raise ValidationError("", f"{path} must hold a mapping")
         doc = loaded or {}
     known = {"data-dir", "store", "listeners", "limits", "credentials", "poll-interval",
-             "workers"}
+             "workers", "api", "audit-log", "access-log"}
     for key in doc:
         if key not in known:
             raise ValidationError(str(key), "is not a known setting")
@@ -142,6 +174,7 @@ def load(path: Path | None, **overrides: Any) -> Config:
         raise ValidationError("credentials.static-dir", "is required for the static issuer")
     if creds.issuer == "command" and not creds.command:
         raise ValidationError("credentials.command", "is required for the command issuer")
+    api = _api(doc.get("api", {}))
     listeners = doc.get("listeners") or []
     if not isinstance(listeners, list):
         raise ValidationError("listeners", "must be a list")
@@ -153,6 +186,9 @@ def load(path: Path | None, **overrides: Any) -> Config:
         credentials=creds,
         poll_interval=float(doc.get("poll-interval", 0.2)),
         workers=int(doc.get("workers", 1)),
+        api=api,
+        audit_log=Path(doc["audit-log"]) if doc.get("audit-log") else None,
+        access_log=Path(doc["access-log"]) if doc.get("access-log") else None,
     )
     changes = {k: v for k, v in overrides.items() if v is not None}
     return replace(config, **changes) if changes else config

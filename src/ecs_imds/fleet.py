@@ -124,6 +124,8 @@ class _Dumper(yaml.SafeDumper):
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
     style = "|" if "\n" in value and "\r" not in value else None
+    if "\x85" in value:  # PyYAML writes NEL raw, then reads it back as a line break
+        style = '"'
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
@@ -138,11 +140,12 @@ def dump(doc: dict[str, Any], as_json: bool = False) -> str:
 
 
 def ensure_token_keys(store: Store, now: int | None = None) -> list[TokenKey]:
-    """The key ring, with a first key made on first start."""
+    """The key ring, with a first key made on first start (once, even when several servers
+    start at the same time: they all get the same key)."""
     keys = store.token_keys()
     if not keys:
-        rotate_token_key(store, now)
-        keys = store.token_keys()
+        now = int(time.time()) if now is None else now
+        keys = store.first_token_key(TokenKey.generate(1, now))
     return keys
 
 

@@ -29,7 +29,8 @@ class RateLimiter:
         if bucket is None:
             self._buckets[key] = [self.burst - 1, now]
             return 0
-        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        # max(0, ...): a wall clock stepped back must not drain the bucket.
+        tokens = min(self.burst, bucket[0] + max(0.0, now - bucket[1]) * self.rate)
         bucket[1] = now
         if tokens >= 1:
             bucket[0] = tokens - 1

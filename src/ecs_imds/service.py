@@ -1,4 +1,5 @@
-"""Assembling a running server: store → secrets → snapshot feed → data plane listeners."""
+"""Assembling a running server: store → secrets → snapshot feed → data plane listeners, and
+the control plane (REST API) on its own listener in the same process and event loop."""
 
 from __future__ import annotations
 
@@ -7,39 +8,25 @@ import logging
 import os
 import signal
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import uvicorn
 import uvloop
 
-from .config import Config, CredentialSettings
-from .credentials import BuiltinIssuer, CommandIssuer, Issuer, StaticIssuer
+from . import keys
+from .api.app import ControlContext, create_app
+from .api.audit import Audit, json_logger
+from .api.auth import SECRET_NAME, Authority, new_secret, write_admin_token
+from .api.metrics import Metrics
+from .config import ApiSettings, Config, parse_bind
 from .dataplane.server import DataPlane, bind_socket
 from .fleet import ensure_token_keys
-from .identity import IdentitySigner, generate_signing_identity
 from .secrets import Secrets
 from .store import Store, open_store
 from .store.feed import ChangeFeed, SnapshotBuilder
 
 log = logging.getLogger("ecs_imds")
-
-_CERT_MARK = b"-----BEGIN CERTIFICATE-----"
-
-
-def identity_signer(store: Store) -> IdentitySigner:
-    """The identity signing key and certificate, made once and kept in the store."""
-    blob = store.secret("identity", lambda: b"".join(generate_signing_identity()))
-    key_pem, _, cert = blob.partition(_CERT_MARK)
-    return IdentitySigner(key_pem, _CERT_MARK + cert)
-
-
-def credential_issuer(store: Store, settings: CredentialSettings) -> Issuer:
-    if settings.issuer == "static":
-        assert settings.static_dir is not None
-        return StaticIssuer(settings.static_dir)
-    if settings.issuer == "command":
-        return CommandIssuer(list(settings.command))
-    return BuiltinIssuer(store.secret("credentials", lambda: os.urandom(32)),
-                         lifetime=settings.lifetime, refresh=settings.refresh)
 
 
 @dataclass
@@ -49,45 +36,98 @@ class Service:
     config: Config
     store: Store
     dynamic: Secrets
+    authority: Authority
+    plane: DataPlane | None = field(default=None, init=False)
+    _identity: bytes = field(default=b"", init=False)
 
     @classmethod
     def open(cls, config: Config) -> Service:
         """Open the store and everything secret; a bad setting fails here, before serving."""
         store = open_store(config.store, config.data_dir)
         ensure_token_keys(store)
-        dynamic = Secrets(credential_issuer(store, config.credentials), identity_signer(store))
-        return cls(config, store, dynamic)
+        identity = keys.identity_blob(store)
+        dynamic = Secrets(keys.credential_issuer(store, config.credentials),
+                          keys.identity_signer(store, identity))
+        service = cls(config, store, dynamic, Authority(store.secret(SECRET_NAME, new_secret)))
+        service._identity = identity
+        return service
 
-    async def serve(self, sockets: list[socket.socket] | None = None,
-                    ready: asyncio.Event | None = None,
-                    stop: asyncio.Event | None = None) -> None:
+    def admin_token(self) -> Path | None:
+        """Write the admin token on first start; its path when it was written now."""
+        token = self.authority.issue("admin", "admin")
+        path = self.config.admin_token_path
+        return path if write_admin_token(path, token) else None
+
+    def _refresh_identity(self) -> None:
+        """Before each snapshot: pick up a rotated identity key (the signer is shared)."""
+        blob = keys.identity_blob(self.store)
+        if blob != self._identity:
+            self.dynamic.signer = keys.identity_signer(self.store, blob)
+            self._identity = blob
+
+    def control_app(self) -> object:
+        ctx = ControlContext(
+            store=self.store, authority=self.authority,
+            snapshot=lambda: self.plane.snapshot if self.plane else None,
+            metrics=Metrics(lambda: self.plane.snapshot if self.plane else None,
+                            lambda: self.plane.stats if self.plane else None),
+            audit=Audit(json_logger("ecs_imds.audit", self.config.audit_path)),
+            issuer=self.dynamic.issuer)
+        return create_app(ctx)
+
+    async def _start_api(self, api: ApiSettings) -> tuple[uvicorn.Server, socket.socket]:
+        if api.unix:
+            path = Path(api.unix)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(str(path))
+            os.chmod(path, 0o600)
+        else:
+            assert api.bind is not None
+            host, port = parse_bind(api.bind, "api.bind")
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+        server = uvicorn.Server(uvicorn.Config(self.control_app(), log_config=None,
+                                               access_log=False, lifespan="off"))
+        server.config.load()
+        server.lifespan = server.config.lifespan_class(server.config)
+        await server.startup(sockets=[sock])
+        log.info("control plane listening on %s", api.unix or api.bind)
+        return server, sock
+
+    async def serve(self, stop: asyncio.Event | None = None) -> None:
         loop = asyncio.get_running_loop()
         listeners = self.config.listeners
-        if sockets is None:
-            sockets = [bind_socket(lst, reuse_port=self.config.workers > 1)
-                       for lst in listeners]
-        builder = SnapshotBuilder(self.store, self.dynamic)
+        sockets = [bind_socket(lst, reuse_port=self.config.workers > 1) for lst in listeners]
+        builder = SnapshotBuilder(self.store, self.dynamic, before_build=self._refresh_identity)
         first = await loop.run_in_executor(None, builder.build)
-        plane = DataPlane(first, self.config.limits)
+        plane = self.plane = DataPlane(first, self.config.limits)
         feed = ChangeFeed(builder, first,
                           lambda snap: loop.call_soon_threadsafe(plane.install, snap),
                           self.config.poll_interval)
         feed.start()
         await plane.start(list(zip(listeners, sockets, strict=True)))
+        api = await self._start_api(self.config.api) if self.config.api.enabled else None
         stop = stop or asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-            except (RuntimeError, ValueError):  # not the main thread
-                break
-        if ready is not None:
-            ready.set()
+            loop.add_signal_handler(sig, stop.set)
         try:
             await stop.wait()
         finally:
+            if api is not None:
+                server, sock = api
+                server.should_exit = True
+                await server.shutdown(sockets=[sock])
             feed.stop()
             await plane.stop()
             self.store.close()
 
     def run(self) -> None:
+        written = self.admin_token()
+        if written is not None:
+            log.info("admin token for the control plane written to %s", written)
         uvloop.run(self.serve())

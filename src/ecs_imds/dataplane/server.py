@@ -11,13 +11,13 @@ import contextlib
 import logging
 import socket
 import time
-from collections import Counter
 from dataclasses import dataclass
 
 from ..config import Limits, Listener
 from ..ratelimit import RateLimiter
 from ..snapshot import Snapshot
 from .http import HttpConnection
+from .stats import Stats
 
 log = logging.getLogger("ecs_imds.dataplane")
 
@@ -51,7 +51,7 @@ class DataPlane:
         self.limits = limits
         self.limiter = RateLimiter(limits.rate, limits.burst)
         self.connections: set[HttpConnection] = set()
-        self.responses: Counter[int] = Counter()
+        self.stats = Stats()
         self.servers: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -61,7 +61,7 @@ class DataPlane:
         self.limiter.forget(set(snapshot.by_id))
 
     def count(self, status: int) -> None:
-        self.responses[status] += 1
+        self.stats.count(status)
 
     async def start(self, listeners: list[tuple[Listener, socket.socket]]) -> None:
         loop = asyncio.get_running_loop()

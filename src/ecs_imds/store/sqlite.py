@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..tokens import TokenKey
-from .base import Conflict, StoredInstance
+from .base import Conflict, StoredInstance, StoreDump
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -92,15 +92,19 @@ class SQLiteStore:
     def write_fleet(self, defaults: dict[str, Any] | None, instances: list[dict[str, Any]],
                     replace: bool = False) -> int:
         with self._tx() as db:
-            version = self._bump(db)
-            if defaults is not None:
-                db.execute("INSERT OR REPLACE INTO defaults VALUES (1, ?)", (_dump(defaults),))
-            if replace:
-                db.execute("DELETE FROM instances")
-            db.executemany(
-                "INSERT INTO instances VALUES (?, ?, ?) ON CONFLICT (instance_id) DO UPDATE "
-                "SET doc = excluded.doc, revision = excluded.revision",
-                [(doc["instance-id"], _dump(doc), version) for doc in instances])
+            return self._write_fleet(db, defaults, instances, replace)
+
+    def _write_fleet(self, db: sqlite3.Connection, defaults: dict[str, Any] | None,
+                     instances: list[dict[str, Any]], replace: bool) -> int:
+        version = self._bump(db)
+        if defaults is not None:
+            db.execute("INSERT OR REPLACE INTO defaults VALUES (1, ?)", (_dump(defaults),))
+        if replace:
+            db.execute("DELETE FROM instances")
+        db.executemany(
+            "INSERT INTO instances VALUES (?, ?, ?) ON CONFLICT (instance_id) DO UPDATE "
+            "SET doc = excluded.doc, revision = excluded.revision",
+            [(doc["instance-id"], _dump(doc), version) for doc in instances])
         return version
 
     def delete_instances(self, ids: list[str]) -> int:
@@ -141,12 +145,23 @@ class SQLiteStore:
         rows = self._db().execute("SELECT kid, secret, created_at FROM token_keys")
         return [TokenKey(kid, bytes(secret), created) for kid, secret, created in rows]
 
+    def first_token_key(self, key: TokenKey) -> list[TokenKey]:
+        with self._tx() as db:
+            if db.execute("SELECT count(*) FROM token_keys").fetchone()[0] == 0:
+                db.execute("INSERT INTO token_keys VALUES (?, ?, ?)",
+                           (key.kid, key.secret, key.created_at))
+                self._bump(db)
+        return self.token_keys()
+
     def replace_token_keys(self, keys: list[TokenKey]) -> int:
         with self._tx() as db:
-            db.execute("DELETE FROM token_keys")
-            db.executemany("INSERT INTO token_keys VALUES (?, ?, ?)",
-                           [(k.kid, k.secret, k.created_at) for k in keys])
-            return self._bump(db)
+            return self._replace_token_keys(db, keys)
+
+    def _replace_token_keys(self, db: sqlite3.Connection, keys: list[TokenKey]) -> int:
+        db.execute("DELETE FROM token_keys")
+        db.executemany("INSERT INTO token_keys VALUES (?, ?, ?)",
+                       [(k.kid, k.secret, k.created_at) for k in keys])
+        return self._bump(db)
 
     def secret(self, name: str, make: Callable[[], bytes]) -> bytes:
         with self._tx() as db:
@@ -156,6 +171,30 @@ class SQLiteStore:
             value = make()
             db.execute("INSERT INTO secrets VALUES (?, ?)", (name, value))
             return value
+
+    def subscribe(self) -> None:
+        """SQLite cannot tell other processes what changed: the change feed polls."""
+        return None
+
+    def dump(self) -> StoreDump:
+        db = self._db()
+        db.execute("BEGIN")  # one read transaction: a consistent view
+        try:
+            dump = StoreDump(
+                defaults=self.load_defaults(),
+                instances=[s.doc for s in self.load_instances()],
+                token_keys=self.token_keys(),
+                secrets={n: bytes(v) for n, v in db.execute("SELECT name, value FROM secrets")})
+        finally:
+            db.execute("COMMIT")
+        return dump
+
+    def restore(self, dump: StoreDump) -> int:
+        with self._tx() as db:
+            db.execute("DELETE FROM secrets")
+            db.executemany("INSERT INTO secrets VALUES (?, ?)", list(dump.secrets.items()))
+            self._replace_token_keys(db, dump.token_keys)
+            return self._write_fleet(db, dump.defaults, dump.instances, replace=True)
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)

@@ -1,0 +1,429 @@
+"""`ecs-imds admin …`: the operators' commands, each a call to the control plane's API.
+
+The API's URL and token come from `--api`/`--api-token`, ECS_IMDS_API/ECS_IMDS_API_TOKEN, or
+the config file (its `api` listener and the admin token the server wrote in its data dir).
+Tables for people, `--json` for programs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from . import fleet
+from .api.client import AdminClient, ApiError
+from .config import Config, load
+from .errors import ValidationError
+
+
+def config_of(ctx: click.Context) -> Config:
+    """The config file and the global options of the command line."""
+    opts = ctx.find_root().params
+    try:
+        return load(opts.get("config"), data_dir=opts.get("data_dir"), store=opts.get("store"))
+    except ValidationError as exc:
+        raise click.ClickException(f"config: {exc}") from None
+
+
+class Admin:
+    def __init__(self, ctx: click.Context, url: str | None, token: str | None,
+                 as_json: bool) -> None:
+        self.ctx = ctx
+        self._url, self._token = url, token
+        self.as_json = as_json
+        self._client: AdminClient | None = None
+
+    @property
+    def client(self) -> AdminClient:
+        if self._client is None:
+            cfg = config_of(self.ctx)
+            url = self._url or (f"unix://{cfg.api.unix}" if cfg.api.unix
+                                else f"http://{cfg.api.bind}")
+            token = self._token
+            if token is None:
+                try:
+                    token = cfg.admin_token_path.read_text().strip()
+                except OSError:
+                    raise click.ClickException(
+                        f"no API token: give --api-token or ECS_IMDS_API_TOKEN, or run where "
+                        f"{cfg.admin_token_path} is readable") from None
+            self._client = AdminClient(url, token)
+        return self._client
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            return self.client.json(method, path, **kwargs)
+        except ApiError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    def show(self, data: Any, table: Callable[[Any], Table | str] | None = None) -> None:
+        if self.as_json or table is None:
+            click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        else:
+            Console().print(table(data))
+
+
+pass_admin = click.make_pass_decorator(Admin)
+
+
+def _pairs(title: str, data: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False)
+    for key, value in data.items():
+        table.add_row(str(key), "" if value is None else str(value))
+    return table
+
+
+@click.group()
+@click.option("--api", envvar="ECS_IMDS_API", help="http://HOST:PORT or unix:///PATH.")
+@click.option("--api-token", envvar="ECS_IMDS_API_TOKEN", help="Bearer token.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.pass_context
+def admin(ctx: click.Context, api: str | None, api_token: str | None, as_json: bool) -> None:
+    """Operate the fleet through the control plane's API."""
+    ctx.obj = Admin(ctx, api, api_token, as_json)
+
+
+# -- the fleet as a whole -----------------------------------------------------------------------
+def read_fleet_file(path: str) -> Any:
+    """A fleet file, YAML or JSON (JSON is YAML), or - for standard input."""
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise click.ClickException(f"{path}: not YAML or JSON: {exc}") from None
+
+
+@admin.command("import")
+@click.argument("file")
+@click.option("--replace", is_flag=True, help="Delete instances that are not in FILE.")
+@pass_admin
+def import_(adm: Admin, file: str, replace: bool) -> None:
+    """Load a fleet file (YAML or JSON), validated whole: all of it or nothing."""
+    body = json.dumps(read_fleet_file(file), ensure_ascii=False).encode()
+    params = {"replace": "true"} if replace else None
+    try:
+        if sys.stderr.isatty():
+            with Progress(*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(),
+                          TransferSpeedColumn(), console=Console(stderr=True)) as bar:
+                task = bar.add_task("importing", total=len(body))
+                result = adm.client.upload("/v1/fleet", body,
+                                           lambda n: bar.advance(task, n), params)
+        else:
+            result = adm.client.upload("/v1/fleet", body, params=params)
+    except ApiError as exc:
+        raise click.ClickException(f"{file}: {exc}; nothing was changed") from None
+    click.echo(f"imported {result['Instances']} instances (store version {result['Version']})",
+               err=True)
+
+
+@admin.command("export")
+@pass_admin
+def export(adm: Admin) -> None:
+    """Write the fleet out in the form `import` reads (YAML; JSON with --json)."""
+    click.echo(fleet.dump(adm.call("GET", "/v1/fleet"), adm.as_json), nl=False)
+
+
+@admin.group()
+def defaults() -> None:
+    """What every instance inherits."""
+
+
+@defaults.command("get")
+@pass_admin
+def defaults_get(adm: Admin) -> None:
+    click.echo(fleet.dump(adm.call("GET", "/v1/defaults"), adm.as_json), nl=False)
+
+
+@defaults.command("set")
+@click.argument("file")
+@pass_admin
+def defaults_set(adm: Admin, file: str) -> None:
+    """Replace the defaults with FILE's mapping (YAML or JSON)."""
+    adm.call("PUT", "/v1/defaults", json=read_fleet_file(file))
+    click.echo("defaults replaced", err=True)
+
+
+# -- instances ----------------------------------------------------------------------------------
+@admin.group()
+def instance() -> None:
+    """List, show, create, replace and delete instances."""
+
+
+def _instances_table(data: dict[str, Any]) -> Table:
+    table = Table("instance-id", "name", "vpc-id", "private-ipv4", "ram-role", "tokens")
+    for doc in data["instances"]:
+        nic = doc["network-interfaces"][0]
+        opts = doc.get("metadata-options") or {}
+        table.add_row(doc["instance-id"], doc.get("instance-name", ""), nic["vpc-id"],
+                      nic["private-ipv4s"][0], doc.get("ram-role", ""),
+                      opts.get("http-tokens", "(default)"))
+    if data["next-page-token"]:
+        table.caption = f"more: --page-token {data['next-page-token']}"
+    return table
+
+
+@instance.command("list")
+@click.option("--vpc-id")
+@click.option("--region-id")
+@click.option("--tag", help="KEY or KEY=VALUE")
+@click.option("--page-size", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--page-token")
+@pass_admin
+def instance_list(adm: Admin, **filters: Any) -> None:
+    params = {k.replace("_", "-"): v for k, v in filters.items() if v is not None}
+    adm.show(adm.call("GET", "/v1/instances", params=params), _instances_table)
+
+
+@instance.command("get")
+@click.argument("instance_id")
+@pass_admin
+def instance_get(adm: Admin, instance_id: str) -> None:
+    click.echo(fleet.dump(adm.call("GET", f"/v1/instances/{instance_id}"), adm.as_json),
+               nl=False)
+
+
+@instance.command("put")
+@click.argument("file")
+@pass_admin
+def instance_put(adm: Admin, file: str) -> None:
+    """Create or replace the instance FILE describes (YAML or JSON)."""
+    doc = read_fleet_file(file)
+    if not isinstance(doc, dict) or "instance-id" not in doc:
+        raise click.ClickException(f"{file}: an instance needs instance-id")
+    adm.call("PUT", f"/v1/instances/{doc['instance-id']}", json=doc)
+    click.echo(f"{doc['instance-id']} written", err=True)
+
+
+@instance.command("delete")
+@click.argument("instance_id")
+@pass_admin
+def instance_delete(adm: Admin, instance_id: str) -> None:
+    adm.call("DELETE", f"/v1/instances/{instance_id}")
+    click.echo(f"{instance_id} deleted", err=True)
+
+
+@admin.command("options")
+@click.argument("instance_id")
+@click.option("--http-endpoint", type=click.Choice(["enabled", "disabled"]))
+@click.option("--http-tokens", type=click.Choice(["optional", "required"]))
+@click.option("--hop-limit", type=int, help="http-put-response-hop-limit, 1-64")
+@click.option("--instance-metadata-tags", type=click.Choice(["enabled", "disabled"]))
+@pass_admin
+def options(adm: Admin, instance_id: str, http_endpoint: str | None, http_tokens: str | None,
+            hop_limit: int | None, instance_metadata_tags: str | None) -> None:
+    """Show or change (ModifyInstanceMetadataOptions) an instance's metadata options."""
+    body = {k: v for k, v in {"HttpEndpoint": http_endpoint, "HttpTokens": http_tokens,
+                              "HttpPutResponseHopLimit": hop_limit,
+                              "InstanceMetadataTags": instance_metadata_tags}.items()
+            if v is not None}
+    path = f"/v1/instances/{instance_id}/metadata-options"
+    data = adm.call("PATCH", path, json=body) if body else adm.call("GET", path)
+    adm.show(data, lambda d: _pairs("metadata options", d))
+
+
+@admin.command("role")
+@click.argument("instance_id")
+@click.argument("role_name", required=False)
+@click.option("--detach", is_flag=True)
+@pass_admin
+def role(adm: Admin, instance_id: str, role_name: str | None, detach: bool) -> None:
+    """Attach ROLE_NAME to an instance (AttachInstanceRamRole), or --detach it."""
+    path = f"/v1/instances/{instance_id}/ram-role"
+    if detach == bool(role_name):
+        raise click.UsageError("give ROLE_NAME or --detach")
+    data = (adm.call("DELETE", path) if detach
+            else adm.call("PUT", path, json={"RamRoleName": role_name}))
+    adm.show(data, lambda d: _pairs("RAM role", d))
+
+
+@admin.command("user-data")
+@click.argument("instance_id")
+@click.option("--set", "source", type=click.File("rb"), help="File with the new user data.")
+@click.option("--delete", is_flag=True)
+@pass_admin
+def user_data(adm: Admin, instance_id: str, source: Any, delete: bool) -> None:
+    """Print an instance's user data, or --set it from a file, or --delete it."""
+    import base64
+
+    path = f"/v1/instances/{instance_id}/user-data"
+    if source is not None:
+        adm.call("PUT", path, json={"UserData": base64.b64encode(source.read()).decode()})
+    elif delete:
+        adm.call("DELETE", path)
+    else:
+        data = adm.call("GET", path)["UserData"]
+        if data is None:
+            raise click.ClickException(f"{instance_id} has no user data")
+        sys.stdout.buffer.write(base64.b64decode(data))
+
+
+@admin.command("tags")
+@click.argument("instance_id")
+@click.argument("tags", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--remove", "remove", multiple=True, metavar="KEY")
+@pass_admin
+def tags(adm: Admin, instance_id: str, tags: tuple[str, ...], remove: tuple[str, ...]) -> None:
+    """Show tags, set KEY=VALUE pairs (others kept), or --remove KEY."""
+    path = f"/v1/instances/{instance_id}/tags"
+    data = adm.call("GET", path)
+    if tags:
+        new = dict(data["Tags"])
+        for item in tags:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise click.UsageError(f"{item!r} is not KEY=VALUE")
+            new[key] = value
+        data = adm.call("PUT", path, json={"Tags": new})
+    for key in remove:
+        data = adm.call("DELETE", f"{path}/{key}")
+    adm.show(data, lambda d: _pairs(f"tags of {instance_id}", d["Tags"]))
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+@admin.command("spot")
+@click.argument("instance_id")
+@click.option("--at", "at", metavar="TIME", help="Reclaim time, e.g. 2026-11-28T17:03:00Z.")
+@click.option("--in", "in_", type=click.IntRange(0), metavar="SECONDS",
+              help="Reclaim this many seconds from now.")
+@click.option("--cancel", is_flag=True, help="No reclaim scheduled any more.")
+@pass_admin
+def spot(adm: Admin, instance_id: str, at: str | None, in_: int | None, cancel: bool) -> None:
+    """Schedule (or cancel) a spot instance's reclaim: `instance/spot/termination-time`."""
+    if [at is not None, in_ is not None, cancel].count(True) != 1:
+        raise click.UsageError("give exactly one of --at, --in, --cancel")
+    path = f"/v1/instances/{instance_id}/spot"
+    if cancel:
+        data = adm.call("DELETE", path)
+    else:
+        when = at or _utc(time.time() + (in_ or 0))
+        data = adm.call("PUT", path, json={"TerminationTime": when})
+    adm.show(data, lambda d: _pairs("spot reclaim", d))
+
+
+@admin.group()
+def event() -> None:
+    """Active system events (`maintenance/active-system-events`)."""
+
+
+@event.command("list")
+@click.argument("instance_id")
+@pass_admin
+def event_list(adm: Admin, instance_id: str) -> None:
+    def table(data: dict[str, Any]) -> Table:
+        t = Table("EventId", "EventType", "EventCycleStatus", "NotBefore", "Reason")
+        for e in data["Events"]:
+            t.add_row(*(e[k] for k in ("EventId", "EventType", "EventCycleStatus",
+                                       "NotBefore", "Reason")))
+        return t
+
+    adm.show(adm.call("GET", f"/v1/instances/{instance_id}/events"), table)
+
+
+@event.command("add")
+@click.argument("instance_id")
+@click.option("--type", "event_type", required=True,
+              help="EventType, e.g. SystemMaintenance.Reboot.")
+@click.option("--not-before", help="UTC time; default now.")
+@click.option("--reason", default="", help="Why (free text).")
+@click.option("--status", default="Scheduled", show_default=True, help="EventCycleStatus.")
+@click.option("--id", "event_id", help="EventId; default a new e-… id.")
+@pass_admin
+def event_add(adm: Admin, instance_id: str, event_type: str, not_before: str | None,
+              reason: str, status: str, event_id: str | None) -> None:
+    """Add an active system event to an instance; prints its EventId."""
+    body = {"EventType": event_type, "NotBefore": not_before, "Reason": reason,
+            "EventCycleStatus": status, "EventId": event_id}
+    data = adm.call("POST", f"/v1/instances/{instance_id}/events",
+                    json={k: v for k, v in body.items() if v is not None})
+    click.echo(json.dumps(data) if adm.as_json else data["EventId"])
+
+
+@event.command("cancel")
+@click.argument("instance_id")
+@click.argument("event_id")
+@pass_admin
+def event_cancel(adm: Admin, instance_id: str, event_id: str) -> None:
+    """Remove an event from the instance's active events."""
+    adm.call("DELETE", f"/v1/instances/{instance_id}/events/{event_id}")
+    click.echo(f"{event_id} cancelled", err=True)
+
+
+# -- keys, identity, credentials, health -------------------------------------------------------
+@admin.command("rotate-token-key")
+@pass_admin
+def rotate_token_key(adm: Admin) -> None:
+    """Mint new tokens with a new key; tokens of older keys stay valid until they expire."""
+    data = adm.call("POST", "/v1/keys/token/rotate")
+    click.echo(json.dumps(data) if adm.as_json else f"token key {data['KeyId']} now mints")
+
+
+@admin.command("rotate-identity-key")
+@pass_admin
+def rotate_identity_key(adm: Admin) -> None:
+    """A new identity signing key and certificate (publish the new `identity-cert`)."""
+    adm.call("POST", "/v1/keys/identity/rotate")
+    click.echo("identity key rotated", err=True)
+
+
+@admin.command("identity-cert")
+@pass_admin
+def identity_cert(adm: Admin) -> None:
+    """Print the certificate that verifies instance identity signatures (PEM)."""
+    try:
+        click.echo(adm.client.request("GET", "/v1/identity/certificate").text, nl=False)
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@admin.command("verify-credential")
+@click.argument("access_key_id")
+@click.argument("security_token")
+@pass_admin
+def verify_credential(adm: Admin, access_key_id: str, security_token: str) -> None:
+    """Say which instance and role a builtin RAM credential belongs to, and if it is valid."""
+    data = adm.call("POST", "/v1/credentials/verify",
+                    json={"AccessKeyId": access_key_id, "SecurityToken": security_token})
+    if adm.as_json:
+        click.echo(json.dumps(data))
+    else:
+        state = "valid" if data["Valid"] else "expired"
+        click.echo(f"instance {data['InstanceId']} role {data['RoleName']} issued "
+                   f"{data['LastUpdated']} expires {data['Expiration']}: {state}")
+    if not data["Valid"]:
+        adm.ctx.exit(1)
+
+
+@admin.command("api-token")
+@click.argument("name")
+@click.option("--scope", type=click.Choice(["read", "admin"]), default="read",
+              show_default=True)
+@pass_admin
+def api_token(adm: Admin, name: str, scope: str) -> None:
+    """Issue a bearer token for the API (read-only by default)."""
+    click.echo(adm.call("POST", "/v1/api-tokens", json={"Name": name, "Scope": scope})["Token"])
+
+
+@admin.command("status")
+@pass_admin
+def status(adm: Admin) -> None:
+    """Is the server ready, and how fresh is its snapshot?"""
+    try:
+        data = adm.client.http.get("/readyz").json()
+    except Exception as exc:  # any failure to reach it is the answer
+        raise click.ClickException(f"control plane unreachable: {exc}") from None
+    adm.show(data, lambda d: _pairs("status", d))
+    if not data.get("ready"):
+        adm.ctx.exit(1)

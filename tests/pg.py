@@ -1,0 +1,137 @@
+"""A real PostgreSQL for the tests: a temporary cluster of its own, on a unix socket only.
+
+The cluster listens on no TCP address at all (`listen_addresses = ''`), only on a socket in
+its own temporary directory, so it sends nothing to any network and cannot collide with
+another PostgreSQL on the machine. Unix sockets cross network namespaces (they live in the
+filesystem), so servers started inside test namespaces reach it by the same URL.
+
+PostgreSQL refuses to run as root: as root (CI), `initdb` and `pg_ctl` run as the
+`postgres` user through `runuser`, and the cluster's directory belongs to that user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import itertools
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+_databases = itertools.count()
+
+
+def pg_bin() -> Path:
+    """The newest installed PostgreSQL's bin directory (Debian's layout)."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                   key=lambda p: int(Path(p).parts[-3]))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    pytest.fail("PostgreSQL is not installed (Debian package `postgresql`; `make test` "
+                "installs it)", pytrace=False)
+
+
+class PostgresCluster:
+    """initdb, start, stop, restart; `url(db)` is a psycopg URL of one database."""
+
+    def __init__(self) -> None:
+        self.bin = pg_bin()
+        self.dir = Path(tempfile.mkdtemp(prefix="ecs-imds-pg-"))
+        self.data = self.dir / "data"
+        self.port = 5432  # only names the socket file: there is no TCP listener
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
+            self._as = ["runuser", "-u", "postgres", "--"]
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                  "--no-sync", "-E", "UTF8", "--locale=C.UTF-8")
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(f"listen_addresses = ''\nunix_socket_directories = '{self.dir}'\n"
+                       f"port = {self.port}\nfsync = off\nsynchronous_commit = off\n"
+                       "full_page_writes = off\nmax_connections = 200\n")
+
+    def _run(self, tool: str, *args: str) -> None:
+        result = subprocess.run([*self._as, str(self.bin / tool), *args], capture_output=True,
+                                text=True, timeout=120, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"{tool} failed: {result.stdout}{result.stderr}")
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        """A fast shutdown: every client's connection is cut, as when the database dies."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    @property
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@/{database}?host={self.dir}&port={self.port}"
+
+    def create_database(self, prefix: str = "t") -> str:
+        """A new empty database; returns its URL."""
+        name = f"{prefix}{os.getpid()}_{next(_databases)}"
+        with psycopg.connect(self.url(), autocommit=True) as db:
+            db.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        return self.url(name)
+
+    def drop_database(self, url: str) -> None:
+        name = url.split("/")[3].split("?")[0]
+        with contextlib.suppress(psycopg.Error), \
+                psycopg.connect(self.url(), autocommit=True) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            if self.running:
+                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def cluster() -> Iterator[PostgresCluster]:
+    pg = PostgresCluster()
+    try:
+        pg.start()
+        yield pg
+    finally:
+        pg.close()
+
+
+def wait_until(predicate: object, timeout: float = 10.0, step: float = 0.01) -> float:
+    """Poll `predicate()` until true; returns the seconds it took. Bounded, never timed."""
+    start = time.monotonic()
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not true within {timeout} s")
+        time.sleep(step)
+    return time.monotonic() - start
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One PostgreSQL for the whole session, stopped at the end."""
+    with cluster() as pg:
+        yield pg
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresCluster) -> Iterator[str]:
+    """A fresh database of the session's PostgreSQL, dropped after the test."""
+    url = postgres.create_database()
+    yield url
+    postgres.drop_database(url)

@@ -1,0 +1,585 @@
+"""The SQLite store, fleet import/export, incremental snapshot building and the change feed.
+
+Everything runs on real SQLite files in tmp_path; a store "goes down" by having its table
+renamed under it by another connection, so the errors are SQLite's own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+
+from ecs_imds.catalogue import Leaf
+from ecs_imds.errors import ValidationError
+from ecs_imds.fleet import (
+    dump,
+    ensure_token_keys,
+    export_fleet,
+    import_fleet,
+    rotate_token_key,
+)
+from ecs_imds.model import Fleet
+from ecs_imds.snapshot import Snapshot
+from ecs_imds.store import Conflict, open_store
+from ecs_imds.store.feed import ChangeFeed, SnapshotBuilder
+from ecs_imds.store.sqlite import SQLiteStore
+from ecs_imds.tokens import TokenKey
+from fleets import (
+    DEMO_FLEET,
+    HARDENED_ID,
+    NOW,
+    OTHER_VPC,
+    OTHER_VPC_ID,
+    PLAIN_ID,
+    PLAIN_IP,
+    RICH_ID,
+    RICH_IP,
+    RICH_IPV6,
+    VPC,
+    FixedDynamic,
+    defaults_doc,
+    fleet_doc,
+    instance_docs,
+    plain_doc,
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "data" / "imds.db")
+    yield s
+    s.close()
+
+
+def contents(store: SQLiteStore) -> tuple[int, dict[str, Any], list[tuple[str, Any, int]],
+                                          dict[str, int]]:
+    """Everything a fleet change could touch."""
+    return (store.version(), store.load_defaults(),
+            [(s.instance_id, s.doc, s.revision) for s in store.load_instances()],
+            store.revisions())
+
+
+def doc_of(instance_id: str, fleet: dict[str, Any] | None = None) -> dict[str, Any]:
+    fleet = fleet or fleet_doc()
+    return next(i for i in fleet["instances"] if i["instance-id"] == instance_id)
+
+
+# --- the SQLite store ---------------------------------------------------------------------
+def test_fresh_store_is_empty(store: SQLiteStore) -> None:
+    assert store.version() == 0
+    assert store.load_defaults() == {}
+    assert store.revisions() == {}
+    assert store.load_instances() == []
+    assert store.token_keys() == []
+
+
+def test_write_fleet_versions_and_revisions(store: SQLiteStore) -> None:
+    a = {"instance-id": "i-a", "n": 1}
+    b = {"instance-id": "i-b", "n": 1}
+    assert store.write_fleet({"region-id": "x"}, [a, b]) == 1
+    assert store.revisions() == {"i-a": 1, "i-b": 1}
+    assert [(s.instance_id, s.doc) for s in store.load_instances()] == [("i-a", a), ("i-b", b)]
+
+    # an upsert bumps only what it writes; defaults=None leaves the defaults alone
+    assert store.write_fleet(None, [{"instance-id": "i-b", "n": 2}]) == 2
+    assert store.revisions() == {"i-a": 1, "i-b": 2}
+    assert store.load_defaults() == {"region-id": "x"}
+    assert [s.doc["n"] for s in store.load_instances(["i-b"])] == [2]
+    # order of first insertion is kept on update
+    assert [s.instance_id for s in store.load_instances()] == ["i-a", "i-b"]
+
+    # replace: what is not given goes
+    assert store.write_fleet({}, [{"instance-id": "i-c"}], replace=True) == 3
+    assert store.revisions() == {"i-c": 3}
+    assert store.load_defaults() == {}
+
+    assert store.delete_instances(["i-c", "i-unknown"]) == 4
+    assert store.revisions() == {}
+
+
+def test_load_instances_by_id_in_chunks(store: SQLiteStore) -> None:
+    docs = [{"instance-id": f"i-{n:04d}"} for n in range(1203)]
+    store.write_fleet(None, docs)
+    wanted = [d["instance-id"] for d in docs[::2]] + ["i-missing"]
+    assert sorted(s.instance_id for s in store.load_instances(wanted)) == sorted(wanted[:-1])
+    assert store.load_instances([]) == []
+
+
+def test_documents_keep_non_ascii_and_key_order(store: SQLiteStore) -> None:
+    doc = {"instance-id": "i-a", "z": "网站", "a": {"y": 1, "b": [1, "二"]}}
+    store.write_fleet(None, [doc])
+    (loaded,) = store.load_instances()
+    assert loaded.doc == doc
+    assert json.dumps(loaded.doc) == json.dumps(doc)
+
+
+def test_failed_write_leaves_the_store_as_it_was(store: SQLiteStore) -> None:
+    store.write_fleet({"region-id": "x"}, [{"instance-id": "i-a"}])
+    before = contents(store)
+    with pytest.raises(KeyError):  # the second document has no id: fails mid-transaction
+        store.write_fleet({"region-id": "y"}, [{"instance-id": "i-b"}, {"no-id": 1}],
+                          replace=True)
+    assert contents(store) == before
+
+
+def test_conditional_put_and_delete(store: SQLiteStore) -> None:
+    assert store.put_instance({"instance-id": "i-a", "n": 1}, expect=0) == 1
+    with pytest.raises(Conflict) as info:
+        store.put_instance({"instance-id": "i-a", "n": 2}, expect=0)  # exists already
+    assert (info.value.instance_id, info.value.current) == ("i-a", 1)
+    assert store.put_instance({"instance-id": "i-a", "n": 2}, expect=1) == 2
+    with pytest.raises(Conflict):
+        store.put_instance({"instance-id": "i-a", "n": 3}, expect=1)  # stale revision
+    assert store.put_instance({"instance-id": "i-a", "n": 3}, expect=None) == 3
+    assert store.put_instance({"instance-id": "i-b"}, expect=None) == 4
+    before = contents(store)
+    with pytest.raises(Conflict):
+        store.delete_instance("i-a", expect=2)
+    with pytest.raises(Conflict) as info:
+        store.delete_instance("i-missing", expect=None)
+    assert info.value.current == 0
+    assert contents(store) == before  # refused writes change nothing, not even the version
+    assert store.delete_instance("i-a", expect=3) == 5
+    assert store.revisions() == {"i-b": 4}
+
+
+def test_set_secret_replaces_and_bumps(store: SQLiteStore) -> None:
+    assert store.secret("identity", lambda: b"old") == b"old"
+    v = store.set_secret("identity", b"new")
+    assert v == store.version() == 1
+    assert store.secret("identity", lambda: b"unused") == b"new"
+
+
+def test_token_keys(store: SQLiteStore) -> None:
+    keys = [TokenKey(1, b"\x00" * 32, 10), TokenKey(2, b"\xff" * 32, 20)]
+    v = store.replace_token_keys(keys)
+    assert v == 1 and store.version() == 1
+    assert sorted(store.token_keys(), key=lambda k: k.kid) == keys
+    store.replace_token_keys(keys[1:])
+    assert store.token_keys() == keys[1:]
+    assert store.version() == 2
+
+
+def test_secret_is_made_once(tmp_path: Path) -> None:
+    path = tmp_path / "imds.db"
+    first, second = SQLiteStore(path), SQLiteStore(path)
+    calls: list[str] = []
+
+    def make(tag: str) -> Any:
+        return lambda: calls.append(tag) or tag.encode() * 4
+
+    assert first.secret("identity", make("a")) == b"aaaa"
+    assert second.secret("identity", make("b")) == b"aaaa"
+    assert first.secret("credentials", make("c")) == b"cccc"
+    assert calls == ["a", "c"]
+    assert first.version() == 0  # secrets are not fleet changes
+
+
+def test_secret_made_once_under_concurrency(tmp_path: Path) -> None:
+    path = tmp_path / "imds.db"
+    SQLiteStore(path)
+    made: list[int] = []
+    results: list[bytes] = []
+    barrier = threading.Barrier(8)
+
+    def server(n: int) -> None:
+        s = SQLiteStore(path)
+        barrier.wait()
+        results.append(s.secret("identity", lambda: made.append(n) or bytes([n]) * 8))
+        s.close()
+
+    threads = [threading.Thread(target=server, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1
+    assert set(results) == {bytes([made[0]]) * 8}
+
+
+def test_store_persists_and_serves_other_threads(tmp_path: Path) -> None:
+    path = tmp_path / "imds.db"
+    s = SQLiteStore(path)
+    s.write_fleet({"region-id": "x"}, [{"instance-id": "i-a"}])
+    seen: list[int] = []
+    t = threading.Thread(target=lambda: seen.append(s.version()))
+    t.start()
+    t.join()
+    assert seen == [1]
+    s.close()
+    again = SQLiteStore(path)
+    assert again.version() == 1 and again.load_defaults() == {"region-id": "x"}
+
+
+def test_open_store(tmp_path: Path) -> None:
+    default = open_store(None, tmp_path / "d")
+    assert isinstance(default, SQLiteStore) and default.path == tmp_path / "d" / "ecs-imds.db"
+    assert open_store("", tmp_path / "e").path == tmp_path / "e" / "ecs-imds.db"  # type: ignore
+    url = open_store(f"sqlite://{tmp_path}/x/y.db", tmp_path / "unused")
+    assert url.path == tmp_path / "x" / "y.db"  # type: ignore[attr-defined]
+    assert (tmp_path / "x" / "y.db").exists()
+    with pytest.raises(ValueError, match="mysql"):
+        open_store("mysql://localhost/imds", tmp_path)
+
+
+# --- fleet import and export -----------------------------------------------------------------
+def test_demo_fleet_round_trips_byte_identically(store: SQLiteStore) -> None:
+    text = DEMO_FLEET.read_text()
+    assert import_fleet(store, yaml.safe_load(text)) == 1
+    assert dump(export_fleet(store)) == text
+
+
+def test_rich_fleet_round_trips(store: SQLiteStore, tmp_path: Path) -> None:
+    doc = fleet_doc()
+    import_fleet(store, doc)
+    exported = export_fleet(store)
+    assert exported == Fleet.from_doc(doc).to_doc()
+    text = dump(exported)
+    assert "user-data: |" in text  # multi-line strings as literal blocks
+    # the text imports again to the same fleet, and exports to the same text
+    other = SQLiteStore(tmp_path / "other.db")
+    import_fleet(other, yaml.safe_load(text))
+    assert dump(export_fleet(other)) == text
+    assert Fleet.from_doc(yaml.safe_load(text)) == Fleet.from_doc(doc)
+    # and as JSON
+    as_json = dump(exported, as_json=True)
+    third = SQLiteStore(tmp_path / "third.db")
+    import_fleet(third, json.loads(as_json))
+    assert dump(export_fleet(third), as_json=True) == as_json
+
+
+def test_values_with_line_separators_survive_export(store: SQLiteStore,
+                                                   tmp_path: Path) -> None:
+    """U+0085 (NEL) is a line break to YAML: written raw, it came back as a space."""
+    doc = fleet_doc()
+    doc["instances"][1]["instance-name"] = "a\x85b\u2028c"
+    doc["instances"][1]["tags"] = {"nel": "\x85", "tab": "x\ty"}
+    doc["instances"][1]["user-data"] = "#!/bin/sh\necho \x85\n"
+    import_fleet(store, doc)
+    text = dump(export_fleet(store))
+    other = SQLiteStore(tmp_path / "other.db")
+    import_fleet(other, yaml.safe_load(text))
+    assert export_fleet(other) == export_fleet(store)
+    assert dump(export_fleet(other)) == text
+
+
+@settings(max_examples=40, deadline=None)
+@given(instance_docs())
+def test_any_accepted_instance_round_trips_through_export(doc: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        first, second = SQLiteStore(Path(tmp) / "a.db"), SQLiteStore(Path(tmp) / "b.db")
+        import_fleet(first, {"defaults": defaults_doc(), "instances": [doc]})
+        text = dump(export_fleet(first))
+        import_fleet(second, yaml.safe_load(text))
+        assert export_fleet(second) == export_fleet(first)
+        assert dump(export_fleet(second)) == text
+        first.close()
+        second.close()
+
+
+def test_import_keeps_or_replaces_other_instances(store: SQLiteStore) -> None:
+    import_fleet(store, fleet_doc())
+    assert len(store.revisions()) == 5
+    v = import_fleet(store, {"defaults": defaults_doc(), "instances": [plain_doc()]})
+    assert len(store.revisions()) == 5
+    assert store.revisions()[PLAIN_ID] == v
+    assert store.revisions()[RICH_ID] < v
+    # a document without defaults keeps the stored ones, and is validated under them
+    renamed = plain_doc() | {"instance-name": "no-defaults-here"}
+    import_fleet(store, {"instances": [renamed]})
+    assert store.load_defaults() == Fleet.from_doc(fleet_doc()).defaults.to_doc()
+    import_fleet(store, {"defaults": defaults_doc(), "instances": [plain_doc()]}, replace=True)
+    assert list(store.revisions()) == [PLAIN_ID]
+
+
+BREAKAGES = {
+    "bad field": (lambda doc: doc["instances"][3]["network-interfaces"][0].update(
+        {"gateway": "10.0.0.999"}), "instances[3] (i-off0001).network-interfaces[0].gateway"),
+    "unknown field": (lambda doc: doc["instances"][4].update({"colour": "red"}),
+                      "instances[4] (i-other0001).colour"),
+    "same address in one VPC": (
+        lambda doc: doc["instances"][2]["network-interfaces"][0].update(
+            {"private-ipv4s": [PLAIN_IP]}),
+        "instances[2] (i-hard0001).network-interfaces"),
+    "required value missing": (
+        lambda doc: doc["defaults"].pop("zone-id"), "instances[0] (i-bp13znx0m0me8cquu001)"
+        ".zone-id"),
+    "extra item collides": (
+        lambda doc: doc["instances"][1].update({"extra": {"hostname/x": "y"}}),
+        "instances[1] (i-plain0001).extra.hostname/x"),
+    "bad defaults": (lambda doc: doc["defaults"].update({"metadata-options": {
+        "http-tokens": "sometimes"}}), "defaults.metadata-options.http-tokens"),
+}
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+@pytest.mark.parametrize("replace", [False, True])
+def test_broken_fleet_is_refused_whole(store: SQLiteStore, breakage: str,
+                                       replace: bool) -> None:
+    import_fleet(store, fleet_doc())
+    rotate_token_key(store, NOW)
+    before = contents(store)
+    exported = dump(export_fleet(store))
+    doc = fleet_doc()
+    doc["instances"][0]["instance-name"] = "renamed"  # a valid change in the same file
+    doc["instances"].append(plain_doc() | {"instance-id": "i-new0001", "network-interfaces": [
+        plain_doc()["network-interfaces"][0] | {"private-ipv4s": ["10.0.0.77"]}]})
+    breaks, field = BREAKAGES[breakage]
+    breaks(doc)
+    with pytest.raises(ValidationError) as info:
+        import_fleet(store, doc, replace=replace)
+    assert info.value.field == field, str(info.value)
+    assert contents(store) == before
+    assert dump(export_fleet(store)) == exported
+
+
+def test_duplicate_address_with_an_instance_already_stored_is_refused(
+        store: SQLiteStore) -> None:
+    import_fleet(store, fleet_doc())
+    before = contents(store)
+    newcomer = plain_doc() | {"instance-id": "i-new0001"}  # PLAIN_IP is taken by i-plain0001
+    newcomer["network-interfaces"][0]["mac"] = "00:16:3e:0a:00:77"
+    with pytest.raises(ValidationError) as info:
+        import_fleet(store, {"defaults": defaults_doc(), "instances": [newcomer]})
+    # both owners are named (the error is located at the stored one, see the report)
+    assert PLAIN_ID in str(info.value) and "i-new0001" in str(info.value)
+    assert info.value.field.endswith(".network-interfaces")
+    assert PLAIN_IP in info.value.message
+    assert contents(store) == before
+    # ... unless the old owner goes in the same import
+    import_fleet(store, {"defaults": defaults_doc(), "instances": [newcomer]}, replace=True)
+    assert list(store.revisions()) == ["i-new0001"]
+
+
+def test_same_address_in_two_vpcs_is_accepted(store: SQLiteStore) -> None:
+    import_fleet(store, fleet_doc())
+    ensure_token_keys(store, NOW)
+    snap = SnapshotBuilder(store, FixedDynamic()).build()
+    assert snap.identify(VPC, RICH_IP).instance_id == RICH_ID  # type: ignore[union-attr]
+    assert snap.identify(OTHER_VPC, RICH_IP).instance_id == OTHER_VPC_ID  # type: ignore
+
+
+def test_ensure_token_keys(store: SQLiteStore) -> None:
+    keys = ensure_token_keys(store, NOW)
+    assert [k.kid for k in keys] == [1] and len(keys[0].secret) == 32
+    assert ensure_token_keys(store, NOW + 10) == keys
+
+
+# --- snapshot building ------------------------------------------------------------------------
+def rendered_ids(snap: Snapshot) -> dict[str, int]:
+    return {iid: id(r) for iid, r in snap.by_id.items()}
+
+
+def test_build_serves_the_fleet(store: SQLiteStore) -> None:
+    import_fleet(store, fleet_doc())
+    ensure_token_keys(store, NOW)
+    dynamic = FixedDynamic()
+    snap = SnapshotBuilder(store, dynamic).build()
+    assert snap.version == store.version()
+    assert set(snap.by_id) == {i["instance-id"] for i in fleet_doc()["instances"]}
+    assert snap.dynamic is dynamic
+    assert snap.key_ring.kids == [1]
+    assert not snap.stale
+    for ip in (RICH_IP, "10.0.0.11", "10.0.1.20", *RICH_IPV6):
+        assert snap.identify(VPC, ip) is snap.by_id[RICH_ID]
+    entry = snap.by_id[RICH_ID].entries["meta-data/instance-id"]
+    assert isinstance(entry, Leaf) and entry.body == RICH_ID.encode()
+
+
+def test_rebuild_renders_only_what_changed(store: SQLiteStore) -> None:
+    import_fleet(store, fleet_doc())
+    ensure_token_keys(store, NOW)
+    builder = SnapshotBuilder(store, FixedDynamic())
+    first = builder.build()
+    same = builder.build()
+    assert rendered_ids(same) == rendered_ids(first)
+
+    changed = doc_of(PLAIN_ID) | {"instance-name": "renamed"}
+    import_fleet(store, {"defaults": defaults_doc(), "instances": [changed]})
+    second = builder.build()
+    assert second.version > first.version
+    assert second.by_id[PLAIN_ID] is not first.by_id[PLAIN_ID]
+    name = second.by_id[PLAIN_ID].entries["meta-data/instance/instance-name"]
+    assert isinstance(name, Leaf) and name.body == b"renamed"
+    for iid in set(first.by_id) - {PLAIN_ID}:
+        assert second.by_id[iid] is first.by_id[iid], iid
+
+    # a change of the defaults renders everything again
+    import_fleet(store, {"defaults": defaults_doc() | {"region-id": "cn-beijing"},
+                         "instances": []})
+    third = builder.build()
+    for iid in first.by_id:
+        assert third.by_id[iid] is not second.by_id[iid], iid
+        region = third.by_id[iid].entries["meta-data/region-id"]
+        assert isinstance(region, Leaf) and region.body == b"cn-beijing"
+
+
+def test_rebuild_drops_deleted_instances_and_their_addresses(store: SQLiteStore) -> None:
+    import_fleet(store, fleet_doc())
+    ensure_token_keys(store, NOW)
+    builder = SnapshotBuilder(store, FixedDynamic())
+    assert builder.build().identify(VPC, PLAIN_IP) is not None
+    store.delete_instances([PLAIN_ID])
+    snap = builder.build()
+    assert PLAIN_ID not in snap.by_id
+    assert snap.identify(VPC, PLAIN_IP) is None
+    # an address that moves to another instance follows it
+    moved = doc_of(HARDENED_ID)
+    moved["network-interfaces"][0]["private-ipv4s"] = [PLAIN_IP]
+    import_fleet(store, {"defaults": defaults_doc(), "instances": [moved]})
+    snap = builder.build()
+    assert snap.identify(VPC, PLAIN_IP) is snap.by_id[HARDENED_ID]
+    assert snap.identify(VPC, "10.0.0.30") is None
+
+
+def test_rebuild_picks_up_key_rotation(store: SQLiteStore) -> None:
+    import_fleet(store, fleet_doc())
+    ensure_token_keys(store, NOW)
+    builder = SnapshotBuilder(store, FixedDynamic())
+    assert builder.build().key_ring.kids == [1]
+    rotate_token_key(store, NOW + 60)
+    snap = builder.build()
+    assert snap.key_ring.kids == [1, 2] and snap.key_ring.current.kid == 2
+
+
+def test_hand_edited_instance_that_cannot_be_served_is_skipped(
+        store: SQLiteStore, caplog: pytest.LogCaptureFixture) -> None:
+    import_fleet(store, fleet_doc())
+    ensure_token_keys(store, NOW)
+    builder = SnapshotBuilder(store, FixedDynamic())
+    builder.build()
+    broken = doc_of(PLAIN_ID) | {"launch-index": "many"}
+    store.write_fleet(None, [broken])  # the store itself does not validate
+    with caplog.at_level(logging.ERROR, logger="ecs_imds.feed"):
+        snap = builder.build()
+    assert PLAIN_ID not in snap.by_id and snap.identify(VPC, PLAIN_IP) is None
+    assert RICH_ID in snap.by_id
+    assert any(PLAIN_ID in r.getMessage() and "launch-index" in r.getMessage()
+               for r in caplog.records)
+    store.write_fleet(None, [doc_of(PLAIN_ID)])
+    assert PLAIN_ID in builder.build().by_id
+
+
+# --- the change feed ----------------------------------------------------------------------------
+@contextmanager
+def store_down(store: SQLiteStore) -> Iterator[None]:
+    """Take the store's tables away under it, from another connection, and give them back."""
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("ALTER TABLE state RENAME TO state_away")
+    try:
+        yield
+    finally:
+        other.execute("ALTER TABLE state_away RENAME TO state")
+        other.close()
+
+
+@pytest.fixture
+def feed(store: SQLiteStore) -> tuple[ChangeFeed, list[Snapshot]]:
+    import_fleet(store, fleet_doc())
+    ensure_token_keys(store, NOW)
+    builder = SnapshotBuilder(store, FixedDynamic())
+    published: list[Snapshot] = []
+    return ChangeFeed(builder, builder.build(), published.append), published
+
+
+def test_poll_without_change_publishes_nothing(feed: tuple[ChangeFeed, list[Snapshot]]) -> None:
+    f, published = feed
+    f.poll()
+    f.poll()
+    assert published == []
+
+
+def test_poll_publishes_each_change(store: SQLiteStore,
+                                    feed: tuple[ChangeFeed, list[Snapshot]]) -> None:
+    f, published = feed
+    store.delete_instances([PLAIN_ID])
+    f.poll()
+    assert len(published) == 1
+    assert published[0].version == store.version() and f.current is published[0]
+    assert PLAIN_ID not in published[0].by_id
+    f.poll()
+    assert len(published) == 1
+
+
+def test_poll_marks_stale_when_the_store_fails_and_recovers(
+        store: SQLiteStore, feed: tuple[ChangeFeed, list[Snapshot]],
+        caplog: pytest.LogCaptureFixture) -> None:
+    f, published = feed
+    serving = f.current
+    with store_down(store):
+        with pytest.raises(sqlite3.OperationalError):
+            store.version()  # really down
+        with caplog.at_level(logging.WARNING, logger="ecs_imds.feed"):
+            f.poll()
+            f.poll()
+            f.poll()
+        assert len(published) == 1  # stale once, not on every failed poll
+        stale = published[0]
+        assert stale.stale and stale.version == serving.version
+        assert stale.by_id is serving.by_id  # keeps serving what it had
+        assert stale.identify(VPC, RICH_IP) is serving.by_id[RICH_ID]
+        assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
+    f.poll()  # back, nothing changed meanwhile
+    assert len(published) == 2
+    assert not published[1].stale and published[1].version == serving.version
+    assert published[1].by_id is serving.by_id
+    f.poll()
+    assert len(published) == 2
+
+
+def test_store_recovering_with_changes_publishes_a_fresh_snapshot(
+        store: SQLiteStore, feed: tuple[ChangeFeed, list[Snapshot]]) -> None:
+    f, published = feed
+    with store_down(store):
+        f.poll()
+    assert published[-1].stale
+    store.delete_instances([PLAIN_ID])
+    f.poll()
+    assert not published[-1].stale
+    assert published[-1].version == store.version()
+    assert PLAIN_ID not in published[-1].by_id
+
+
+def test_poll_marks_stale_when_the_build_fails_midway(
+        store: SQLiteStore, feed: tuple[ChangeFeed, list[Snapshot]]) -> None:
+    """The version moved, but the instances cannot be read: keep the old snapshot."""
+    f, published = feed
+    store.delete_instances([PLAIN_ID])
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("ALTER TABLE instances RENAME TO instances_away")
+    try:
+        f.poll()
+    finally:
+        other.execute("ALTER TABLE instances_away RENAME TO instances")
+        other.close()
+    assert published[-1].stale and PLAIN_ID in published[-1].by_id
+    f.poll()
+    assert not published[-1].stale and PLAIN_ID not in published[-1].by_id
+
+
+def test_feed_thread_publishes_and_stops(store: SQLiteStore,
+                                         feed: tuple[ChangeFeed, list[Snapshot]]) -> None:
+    f, published = feed
+    f.interval = 0.01
+    f.start()
+    try:
+        store.delete_instances([PLAIN_ID])
+        deadline = time.monotonic() + 5
+        while not published and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert published and PLAIN_ID not in published[-1].by_id
+    finally:
+        f.stop()
+    assert not f._thread.is_alive()
