@@ -420,8 +420,9 @@ def api_token(adm: Admin, name: str, scope: str) -> None:
 @pass_admin
 def status(adm: Admin) -> None:
     """Is the server ready, and how fresh is its snapshot?"""
+    client = adm.client
     try:
-        data = adm.client.http.get("/readyz").json()
+        data = client.http.get("/readyz").json()
     except Exception as exc:  # any failure to reach it is the answer
         raise click.ClickException(f"control plane unreachable: {exc}") from None
     adm.show(data, lambda d: _pairs("status", d))

@@ -38,6 +38,7 @@ def main(config: Path | None, data_dir: Path | None, store: str | None, verbose:
     """An instance metadata service speaking Alibaba Cloud ECS's protocol."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 @main.command()
@@ -72,9 +73,12 @@ def serve(ctx: click.Context, demo: bool, listen: tuple[str, ...]) -> None:
             host, port = parse_bind(DEMO_LISTEN, "demo")
             listeners.append(Listener(host, port, DEMO_VPC, {"127.0.0.1": first}))
         service.config = replace(service.config, listeners=tuple(listeners))
+        data = f"--data-dir {cfg.data_dir}"
         click.echo(f"demo fleet loaded into {cfg.data_dir}; 127.0.0.1 is {first}. Try:\n"
                    f"  curl http://{DEMO_LISTEN}/latest/meta-data/\n"
-                   f"  ECS_IMDS_ENDPOINT=http://{DEMO_LISTEN} ecs-imds get meta-data/all")
+                   f"  ECS_IMDS_ENDPOINT=http://{DEMO_LISTEN} ecs-imds get meta-data/all\n"
+                   f"  ecs-imds {data} admin instance list      # the control plane, "
+                   f"{service.config.api.unix or service.config.api.bind}")
     if not service.config.listeners:
         raise click.ClickException("no listeners: give --listen, a config file, or --demo")
     service.run()

@@ -16,6 +16,7 @@ import yaml
 from .errors import ValidationError
 
 DEFAULT_ENDPOINT = "http://100.100.100.200"
+DEFAULT_API_BIND = "127.0.0.1:9180"
 
 
 def default_data_dir() -> Path:
@@ -64,7 +65,7 @@ class CredentialSettings:
 class ApiSettings:
     """The control plane's own listener: TCP (loopback by default) or a Unix socket."""
 
-    bind: str | None = "127.0.0.1:9180"
+    bind: str | None = DEFAULT_API_BIND
     unix: str | None = None
     enabled: bool = True
 
@@ -151,7 +152,7 @@ def _api(doc: Any) -> ApiSettings:
         parse_bind(str(doc["bind"]), "api.bind")
     if doc.get("unix"):
         return ApiSettings(bind=None, unix=str(doc["unix"]))
-    return ApiSettings(bind=str(doc.get("bind") or ApiSettings.bind))
+    return ApiSettings(bind=str(doc.get("bind") or DEFAULT_API_BIND))
 
 
 def load(path: Path | None, **overrides: Any) -> Config:

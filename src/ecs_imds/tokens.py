@@ -9,7 +9,6 @@ adds a key; older keys keep verifying until every token they minted has expired.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import itertools
 import os
@@ -37,20 +36,29 @@ class TokenKey:
 
 
 def _mac(secret: bytes, instance_id: str, head: bytes) -> bytes:
-    return hmac.new(secret, _DOMAIN + instance_id.encode() + b"\0" + head,
-                    hashlib.sha256).digest()
+    return hmac.digest(secret, b"%s%s\0%s" % (_DOMAIN, instance_id.encode(), head), "sha256")
 
 
 class KeyRing:
-    """The keys a server mints and verifies with; the newest one mints."""
+    """The keys a server mints and verifies with; the newest one mints.
 
-    __slots__ = ("_by_kid", "current")
+    Verification remembers the tokens it found valid (token → instance, expiry), so an
+    instance that sends the same token with every request costs one dict lookup, not an
+    HMAC. Only valid tokens are remembered, a key ring never changes its keys, and an entry
+    is used only while `now` is before its expiry: the answer is the same as verifying again.
+    """
+
+    __slots__ = ("_by_kid", "_valid", "current")
+
+    # Bounds the memory of remembered tokens; past it the memory starts over (they verify again).
+    REMEMBERED = 65536
 
     def __init__(self, keys: list[TokenKey]) -> None:
         if not keys:
             raise ValueError("a key ring needs at least one key")
         self._by_kid = {k.kid: k for k in keys}
         self.current = max(keys, key=lambda k: (k.created_at, k.kid))
+        self._valid: dict[str, tuple[str, int]] = {}
 
     @property
     def kids(self) -> list[int]:
@@ -67,6 +75,9 @@ class KeyRing:
 
     def verify(self, token: str, instance_id: str, now: int) -> bool:
         """True only for an unexpired token minted for this instance by a key we hold."""
+        known = self._valid.get(token)
+        if known is not None and known[0] == instance_id:
+            return now < known[1]
         if not _SHAPE.fullmatch(token):
             return False
         raw = base64.urlsafe_b64decode(token)
@@ -75,7 +86,12 @@ class KeyRing:
         key = self._by_kid.get(kid)
         if key is None or expiry <= now:
             return False
-        return hmac.compare_digest(mac, _mac(key.secret, instance_id, head))
+        if not hmac.compare_digest(mac, _mac(key.secret, instance_id, head)):
+            return False
+        if len(self._valid) >= self.REMEMBERED:
+            self._valid.clear()
+        self._valid[token] = (instance_id, expiry)
+        return True
 
 
 def keys_to_keep(keys: list[TokenKey], now: int) -> list[TokenKey]:
