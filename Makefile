@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell $(PYTHON) -c 'import hashlib,sys;print(hashlib.sha1(open("pyproject.toml","rb").read()).hexdigest()[:12])')
-# Debian packages the tests and benchmarks drive: command → package.
-DEB_TOOLS := ip:iproute2 curl:curl openssl:openssl
+# Debian packages the tests and benchmarks drive: command → package. PostgreSQL's tools are
+# not on PATH in Debian, so its command is a path (the tests start a cluster of their own).
+DEB_TOOLS := ip:iproute2 curl:curl openssl:openssl /usr/lib/postgresql/*/bin/initdb:postgresql
 
 .PHONY: serve test lint deps debs clean
 
