@@ -33,6 +33,9 @@ class Listener:
     port: int
     vpc_id: str
     aliases: dict[str, str] = field(default_factory=dict)
+    # PROXY protocol v2: the peers (addresses or CIDRs) whose header names the caller;
+    # None: the listener does not speak it.
+    proxy_trusted: tuple[str, ...] | None = None
 
     @property
     def bind(self) -> str:
@@ -115,10 +118,29 @@ def _listener(doc: Any, where: str) -> Listener:
     aliases = doc.get("aliases") or {}
     if not isinstance(aliases, dict):
         raise ValidationError(f"{where}.aliases", "must map addresses to instance ids")
-    unknown = set(doc) - {"bind", "vpc-id", "aliases"}
+    unknown = set(doc) - {"bind", "vpc-id", "aliases", "proxy-protocol"}
     if unknown:
         raise ValidationError(f"{where}.{sorted(unknown)[0]}", "is not a known setting")
-    return Listener(host, port, vpc_id, {str(k): str(v) for k, v in aliases.items()})
+    trusted = None
+    if "proxy-protocol" in doc:
+        trusted = _proxy_trusted(doc["proxy-protocol"], f"{where}.proxy-protocol")
+    return Listener(host, port, vpc_id, {str(k): str(v) for k, v in aliases.items()},
+                    trusted)
+
+
+def _proxy_trusted(doc: Any, where: str) -> tuple[str, ...]:
+    """`proxy-protocol: {trusted: [ADDRESS or CIDR, …]}`, as normalised network strings."""
+    if not isinstance(doc, dict) or set(doc) != {"trusted"} or not isinstance(
+            doc["trusted"], list) or not doc["trusted"]:
+        raise ValidationError(where, "needs trusted: [the proxy's addresses or CIDRs]")
+    networks = []
+    for i, item in enumerate(doc["trusted"]):
+        try:
+            networks.append(str(ipaddress.ip_network(str(item), strict=False)))
+        except ValueError:
+            raise ValidationError(f"{where}.trusted[{i}]",
+                                  f"{item!r} is not an address or CIDR") from None
+    return tuple(networks)
 
 
 def _section(doc: dict[str, Any], name: str, cls: type, where: str) -> Any:

@@ -12,11 +12,13 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from ..config import Limits, Listener
 from ..ratelimit import RateLimiter
 from ..snapshot import Snapshot
 from .http import HttpConnection
+from .proxied import ProxiedConnection
 from .stats import Stats
 
 log = logging.getLogger("ecs_imds.dataplane")
@@ -28,6 +30,7 @@ IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 class ListenerState:
     vpc_id: str
     aliases: dict[str, str]
+    proxy_trusted: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
 def bind_socket(listener: Listener, reuse_port: bool = False) -> socket.socket:
@@ -66,9 +69,12 @@ class DataPlane:
     async def start(self, listeners: list[tuple[Listener, socket.socket]]) -> None:
         loop = asyncio.get_running_loop()
         for listener, sock in listeners:
-            state = ListenerState(listener.vpc_id, listener.aliases)
+            state = ListenerState(listener.vpc_id, listener.aliases, tuple(
+                ip_network(n) for n in listener.proxy_trusted or ()))
+            # Only a PROXY protocol listener pays for reading the header.
+            protocol = HttpConnection if listener.proxy_trusted is None else ProxiedConnection
             server = await loop.create_server(
-                lambda state=state: HttpConnection(self, state), sock=sock)
+                lambda state=state, protocol=protocol: protocol(self, state), sock=sock)
             self.servers.append(server)
             log.info("data plane listening on %s for %s", listener.bind, listener.vpc_id)
         self._sweeper = asyncio.create_task(self._sweep())
