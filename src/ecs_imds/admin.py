@@ -428,3 +428,27 @@ def status(adm: Admin) -> None:
     adm.show(data, lambda d: _pairs("status", d))
     if not data.get("ready"):
         adm.ctx.exit(1)
+
+
+@admin.command("migrate")
+@click.option("--from", "source", metavar="URL",
+              help="The store to copy from (default: the configured store).")
+@click.option("--to", "target", metavar="URL", required=True,
+              help="The store to copy to: sqlite:///PATH or postgresql://…")
+@click.option("--replace", is_flag=True, help="Overwrite a target that already holds a fleet.")
+@pass_admin
+def migrate(adm: Admin, source: str | None, target: str, replace: bool) -> None:
+    """Copy the whole fleet to another store (SQLite ⇄ PostgreSQL): instances, defaults,
+    token keys, secrets. Works on the stores directly, not through the API."""
+    from .store import open_store
+    from .store.migrate import SourceEmpty, TargetNotEmpty, copy_store
+
+    cfg = config_of(adm.ctx)
+    try:
+        src = open_store(source or cfg.store, cfg.data_dir)
+        dst = open_store(target, cfg.data_dir)
+        copied = copy_store(src, dst, replace=replace)
+    except (SourceEmpty, TargetNotEmpty, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"copied {copied.instances} instances, {copied.token_keys} token keys and "
+               f"{copied.secrets} secrets (target store version {copied.version})", err=True)

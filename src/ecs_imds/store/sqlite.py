@@ -142,7 +142,7 @@ class SQLiteStore:
             return self._bump(db)
 
     def token_keys(self) -> list[TokenKey]:
-        rows = self._db().execute("SELECT kid, secret, created_at FROM token_keys")
+        rows = self._db().execute("SELECT kid, secret, created_at FROM token_keys ORDER BY kid")
         return [TokenKey(kid, bytes(secret), created) for kid, secret, created in rows]
 
     def first_token_key(self, key: TokenKey) -> list[TokenKey]:

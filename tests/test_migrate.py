@@ -1,0 +1,68 @@
+"""`ecs-imds admin migrate`: a fleet from SQLite to PostgreSQL and back, without loss."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from ecs_imds.fleet import ensure_token_keys, export_fleet, import_fleet, rotate_token_key
+from ecs_imds.keys import identity_blob
+from ecs_imds.store.postgres import PostgresStore
+from ecs_imds.store.sqlite import SQLiteStore
+from ecs_imds.tokens import KeyRing
+from pg import PostgresCluster
+from server import ECS_IMDS
+from test_store_backends import OTHER_VPC, fleet, instance
+
+
+def migrate(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ECS_IMDS, "--data-dir", str(data_dir), "admin", "migrate", *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_sqlite_to_postgresql_and_back(tmp_path: Path, postgres: PostgresCluster) -> None:
+    data = tmp_path / "data"
+    source = SQLiteStore(data / "ecs-imds.db")
+    doc = fleet() | {"instances": [instance(1, extra={"x": "网站"}), instance(2),
+                                   instance(3, vpc=OTHER_VPC, ip="10.0.0.3")]}
+    import_fleet(source, doc)
+    now = int(time.time())
+    ensure_token_keys(source, now - 100)
+    rotate_token_key(source, now)
+    identity_blob(source)
+    source.secret("credentials", lambda: b"\x00\x01" * 16)
+    token = KeyRing(source.token_keys()).mint("i-store00001", now, 600)
+    before = source.dump()
+
+    url = postgres.create_database()
+    try:
+        result = migrate(data, "--to", url)  # from the configured store (data dir)
+        assert result.returncode == 0, result.stderr
+        assert "copied 3 instances, 2 token keys and 2 secrets" in result.stderr
+        pg = PostgresStore(url)
+        assert pg.dump() == before
+        assert KeyRing(pg.token_keys()).verify(token, "i-store00001", now + 1)
+
+        # a second copy into a fleet is refused, unless told to replace it
+        again = migrate(data, "--to", url)
+        assert again.returncode != 0 and "already holds a fleet" in again.stderr
+        assert migrate(data, "--to", url, "--replace").returncode == 0
+
+        back = tmp_path / "back.db"
+        result = migrate(data, "--from", url, "--to", f"sqlite://{back}")
+        assert result.returncode == 0, result.stderr
+        returned = SQLiteStore(back)
+        assert returned.dump() == before
+        assert export_fleet(returned) == export_fleet(source)
+        pg.close()
+    finally:
+        postgres.drop_database(url)
+
+
+def test_an_empty_or_unknown_source_is_refused(tmp_path: Path) -> None:
+    result = migrate(tmp_path, "--from", f"sqlite://{tmp_path}/nothing.db",
+                     "--to", f"sqlite://{tmp_path}/b.db")
+    assert result.returncode != 0 and "empty" in result.stderr
+    result = migrate(tmp_path, "--to", "mysql://x")
+    assert result.returncode != 0 and "unsupported store URL" in result.stderr
