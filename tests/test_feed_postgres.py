@@ -167,9 +167,9 @@ def test_a_change_reaches_a_listening_feed(store: PostgresStore, feed: Feed) -> 
 def test_a_write_without_a_notice_is_caught_by_the_heartbeat(store: PostgresStore,
                                                             feed: Feed) -> None:
     feed.feed.start()
-    with psycopg.connect(store.url, autocommit=True) as db:  # as a hand edit would
-        db.execute("UPDATE state SET value = value + 1 WHERE key = 'version'")
+    with psycopg.connect(store.url) as db, db.transaction():  # as a hand edit would
         db.execute("DELETE FROM instances WHERE instance_id = %s", (ID[1],))
+        db.execute("UPDATE state SET value = value + 1 WHERE key = 'version'")
     wait_until(lambda: ID[1] not in feed.current.by_id, timeout=10)
 
 
@@ -180,8 +180,9 @@ def test_lost_subscription_resubscribes_and_resyncs(store: PostgresStore, feed: 
     with psycopg.connect(store.url, autocommit=True) as db:
         # a change that sends no notice, then the subscription is cut: only a full resync
         # after subscribing again can find it
-        db.execute("UPDATE state SET value = value + 1 WHERE key = 'version'")
-        db.execute("DELETE FROM instances WHERE instance_id = %s", (ID[2],))
+        with db.transaction():
+            db.execute("DELETE FROM instances WHERE instance_id = %s", (ID[2],))
+            db.execute("UPDATE state SET value = value + 1 WHERE key = 'version'")
         db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                    "WHERE query LIKE 'LISTEN%%' AND datname = current_database()")
     wait_until(lambda: ID[2] not in feed.current.by_id, timeout=10)

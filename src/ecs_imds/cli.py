@@ -32,7 +32,8 @@ def demo_fleet() -> dict[str, Any]:
               envvar="ECS_IMDS_CONFIG", help="YAML config file.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               envvar="ECS_IMDS_DATA_DIR", help="Where the embedded store lives.")
-@click.option("--store", envvar="ECS_IMDS_STORE", help="Store URL (sqlite:///path).")
+@click.option("--store", envvar="ECS_IMDS_STORE",
+              help="Store URL: sqlite:///PATH or postgresql://….")
 @click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
 def main(config: Path | None, data_dir: Path | None, store: str | None, verbose: bool) -> None:
     """An instance metadata service speaking Alibaba Cloud ECS's protocol."""
