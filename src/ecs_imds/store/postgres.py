@@ -92,6 +92,7 @@ class _Pool:
         self._idle: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(size)
+        self._closed = False
 
     def connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(**self.params, autocommit=True)
@@ -126,17 +127,18 @@ class _Pool:
             yield conn
         finally:
             if conn is not None:
-                if (conn.closed or conn.broken
-                        or conn.info.transaction_status != TransactionStatus.IDLE):
-                    conn.close()
-                else:
-                    with self._lock:
+                with self._lock:
+                    if (self._closed or conn.closed or conn.broken
+                            or conn.info.transaction_status != TransactionStatus.IDLE):
+                        conn.close()
+                    else:
                         self._idle.append(conn)
             self._slots.release()
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
+            self._closed = True
         for conn in idle:
             conn.close()
 
