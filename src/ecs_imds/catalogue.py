@@ -5,6 +5,11 @@ trailing slash (`meta-data/network/interfaces/macs`), to what that path serves. 
 are served as listings, leaves as their bytes; a few leaves are `Dynamic`, computed per
 request from secrets and the clock (RAM credentials, the PKCS#7 signature). The data plane
 then answers a GET with one dict lookup.
+
+Memory is what limits the fleet one server holds, so equal values are shared: the `Pool`
+gives every instance the same Leaf for the same bytes (region, image, DNS, most listings…),
+and only what is one instance's own (its id, names, MACs, addresses, `all`) is a Leaf of its
+own, kept out of the pool where it would only add a second reference.
 """
 
 from __future__ import annotations
@@ -77,6 +82,9 @@ class Pool:
 
     def __init__(self) -> None:
         self.leaves: dict[tuple[bytes, bytes], Leaf] = {}
+        self._texts: dict[str, Leaf] = {}
+        self._dynamic: dict[tuple[str, str], Dynamic] = {}
+        self._networks: dict[tuple[str, str | None, str | None], tuple[Leaf, Leaf]] = {}
 
     def leaf(self, body: bytes, content_type: bytes = TEXT) -> Leaf:
         key = (body, content_type)
@@ -85,9 +93,37 @@ class Pool:
             found = self.leaves[key] = Leaf(body, content_type)
         return found
 
+    def text(self, value: str) -> Leaf:
+        """The shared text leaf of `value` (looked up by the str: no encoding on a hit)."""
+        found = self._texts.get(value)
+        if found is None:
+            found = self._texts[value] = self.leaf(value.encode())
+        return found
+
+    def dynamic(self, kind: str, arg: str = "") -> Dynamic:
+        found = self._dynamic.get((kind, arg))
+        if found is None:
+            found = self._dynamic[(kind, arg)] = Dynamic(kind, arg)
+        return found
+
+    def netmask_gateway(self, nic: Any) -> tuple[Leaf, Leaf]:
+        """An interface's netmask and gateway: they depend only on its vSwitch CIDR and
+        explicit settings, which thousands of interfaces share (and ipaddress is slow)."""
+        key = (nic.vswitch_cidr_block, nic.netmask, nic.gateway)
+        found = self._networks.get(key)
+        if found is None:
+            found = self._networks[key] = (self.text(nic.effective_netmask),
+                                           self.text(nic.effective_gateway))
+        return found
+
 
 def _text(pool: Pool, value: str) -> Leaf:
-    return pool.leaf(value.encode())
+    return pool.text(value)
+
+
+def _own(value: str) -> Leaf:
+    """A value that is this instance's alone: not worth a place in the pool."""
+    return Leaf(value.encode(), TEXT)
 
 
 def _crlf(pool: Pool, values: tuple[str, ...]) -> Leaf:
@@ -99,14 +135,15 @@ def _json_list(values: tuple[str, ...]) -> bytes:
 
 
 def _interface(pool: Pool, nic: Any) -> dict[str, Node]:
+    netmask, gateway = pool.netmask_gateway(nic)
     d: dict[str, Node] = {
-        "network-interface-id": _text(pool, nic.network_interface_id),
+        "network-interface-id": _own(nic.network_interface_id),
         "vpc-id": _text(pool, nic.vpc_id),
         "vswitch-id": _text(pool, nic.vswitch_id),
-        "primary-ip-address": _text(pool, nic.primary_ip),
-        "private-ipv4s": pool.leaf(_json_list(nic.private_ipv4s)),
-        "netmask": _text(pool, nic.effective_netmask),
-        "gateway": _text(pool, nic.effective_gateway),
+        "primary-ip-address": _own(nic.primary_ip),
+        "private-ipv4s": Leaf(_json_list(nic.private_ipv4s), TEXT),
+        "netmask": netmask,
+        "gateway": gateway,
         "vswitch-cidr-block": _text(pool, nic.vswitch_cidr_block),
         "vpc-cidr-block": _text(pool, nic.vpc_cidr_block),
     }
@@ -127,10 +164,12 @@ def _interface(pool: Pool, nic: Any) -> dict[str, Node]:
 def _meta_data(pool: Pool, e: Effective) -> dict[str, Node]:
     inst, v = e.instance, e.values
     nic = inst.primary
-    t = lambda value: _text(pool, value)  # noqa: E731 - a short alias keeps the table readable
+    t = pool.text  # a short alias keeps the table readable
+    macs = {n.mac: _interface(pool, n)
+            for n in sorted(inst.network_interfaces, key=lambda n: n.mac)}
 
     instance: dict[str, Node] = {
-        "instance-name": t(e.instance_name),
+        "instance-name": _own(e.instance_name),
         "instance-type": t(_required(v.instance_type, "instance-type")),
     }
     if inst.spot_termination_time:
@@ -147,10 +186,10 @@ def _meta_data(pool: Pool, e: Effective) -> dict[str, Node]:
         instance["last-host-landing-time"] = t(inst.last_host_landing_time)
 
     md: dict[str, Node] = {
-        "instance-id": t(inst.instance_id),
+        "instance-id": _own(inst.instance_id),
         "instance": instance,
-        "hostname": t(e.hostname),
-        "serial-number": t(e.serial_number),
+        "hostname": _own(e.hostname),
+        "serial-number": _own(e.serial_number),
         "region-id": t(_required(v.region_id, "region-id")),
         "zone-id": t(_required(v.zone_id, "zone-id")),
         "owner-account-id": t(_required(v.owner_account_id, "owner-account-id")),
@@ -167,20 +206,18 @@ def _meta_data(pool: Pool, e: Effective) -> dict[str, Node]:
         "vpc-cidr-block": t(nic.vpc_cidr_block),
         "vswitch-id": t(nic.vswitch_id),
         "vswitch-cidr-block": t(nic.vswitch_cidr_block),
-        "mac": t(nic.mac),
-        "private-ipv4": t(nic.primary_ip),
+        "mac": _own(nic.mac),
+        "private-ipv4": macs[nic.mac]["primary-ip-address"],  # the same leaf
     }
     if len(nic.private_ipv4s) > 1:
         md["sub-private-ipv4-list"] = _crlf(pool, nic.private_ipv4s[1:])
     if inst.public_ipv4:
-        md["public-ipv4"] = t(inst.public_ipv4)
+        md["public-ipv4"] = _own(inst.public_ipv4)
     if inst.eipv4:
-        md["eipv4"] = t(inst.eipv4)
-    md["network"] = {"interfaces": {"macs": {
-        n.mac: _interface(pool, n) for n in sorted(inst.network_interfaces, key=lambda n: n.mac)
-    }}}
+        md["eipv4"] = _own(inst.eipv4)
+    md["network"] = {"interfaces": {"macs": macs}}
     if inst.disks:
-        md["disks"] = {d.serial: {"id": t(d.id), **({"name": t(d.name)} if d.name else {})}
+        md["disks"] = {d.serial: {"id": _own(d.id), **({"name": t(d.name)} if d.name else {})}
                        for d in sorted(inst.disks, key=lambda d: d.serial)}
     if inst.public_keys:
         md["public-keys"] = {k: {"openssh-key": t(inst.public_keys[k])}
@@ -205,7 +242,8 @@ def _meta_data(pool: Pool, e: Effective) -> dict[str, Node]:
         if tags:
             md["tags"] = {"instance": tags}
     if v.ram_role:
-        md["ram"] = {"security-credentials": {v.ram_role: Dynamic("credentials", v.ram_role)}}
+        md["ram"] = {"security-credentials": {v.ram_role: pool.dynamic("credentials",
+                                                                      v.ram_role)}}
     return md
 
 
@@ -243,26 +281,42 @@ def document(e: Effective) -> bytes:
                       separators=(",", ":")).encode()
 
 
-def _to_json(node: Node) -> Any:
-    if isinstance(node, dict):
-        return {name: _to_json(child) for name, child in node.items()
-                if not isinstance(child, Dynamic)}
-    assert isinstance(node, Leaf)
-    return node.body.decode()
+# Directories whose names are one instance's own (MACs, disk serials): their listing is not
+# pooled, and the paths below them are not interned (no other instance has them).
+_OWN_DIRS = frozenset({"meta-data/network/interfaces/macs", "meta-data/disks"})
 
 
-def _listing(pool: Pool, node: dict[str, Node]) -> Leaf:
-    names = (f"{name}/" if isinstance(child, dict) else name for name, child in node.items())
-    return pool.leaf("\n".join(names).encode())
+def _flatten(pool: Pool, node: dict[str, Node], path: str, out: dict[str, Entry],
+             json_view: bool, shared: bool = True) -> dict[str, Any]:
+    """Put the listing of directory `node` (at `path`) and everything below it into `out`.
+    With `json_view`, also return the directory as `all` shows it: leaves as their text,
+    dynamic items left out; else an empty dict."""
+    out[path] = _PLACEHOLDER  # the listing goes before its children, as a crawler meets them
+    own = path in _OWN_DIRS
+    shared = shared and not own
+    names = []
+    view: dict[str, Any] = {}
+    prefix = path + "/"
+    for name, child in node.items():
+        child_path = prefix + name
+        if shared:
+            child_path = sys.intern(child_path)
+        if child.__class__ is dict:
+            names.append(name + "/")
+            sub = _flatten(pool, child, child_path, out, json_view, shared)  # type: ignore[arg-type]
+            if json_view:
+                view[name] = sub
+        else:
+            names.append(name)
+            out[child_path] = child  # type: ignore[assignment]
+            if json_view and child.__class__ is Leaf:
+                view[name] = child.body.decode()  # type: ignore[union-attr]
+    body = "\n".join(names).encode()
+    out[path] = Leaf(body, TEXT) if own else pool.leaf(body)
+    return view
 
 
-def _flatten(pool: Pool, node: Node, path: str, out: dict[str, Entry]) -> None:
-    if isinstance(node, dict):
-        out[sys.intern(path)] = _listing(pool, node)
-        for name, child in node.items():
-            _flatten(pool, child, f"{path}/{name}" if path else name, out)
-    else:
-        out[sys.intern(path)] = node
+_PLACEHOLDER = Leaf(b"", TEXT)
 
 
 def render(e: Effective, pool: Pool | None = None) -> Rendered:
@@ -274,8 +328,8 @@ def render(e: Effective, pool: Pool | None = None) -> Rendered:
         _add_extra(pool, meta, path, e.extra[path])
     doc = document(e)
     tree: dict[str, Node] = {
-        "dynamic": {"instance-identity": {"document": pool.leaf(doc, JSON),
-                                          "pkcs7": Dynamic("pkcs7")}},
+        "dynamic": {"instance-identity": {"document": Leaf(doc, JSON),
+                                          "pkcs7": pool.dynamic("pkcs7")}},
         "maintenance": {},
         "meta-data": meta,
     }
@@ -286,10 +340,21 @@ def render(e: Effective, pool: Pool | None = None) -> Rendered:
         tree["user-data"] = pool.leaf(inst.user_data, OCTET)
     if inst.vendor_data is not None:
         tree["vendor-data"] = pool.leaf(inst.vendor_data, OCTET)
-    entries: dict[str, Entry] = {}
-    _flatten(pool, tree, "", entries)
-    all_json = json.dumps(_to_json(meta), separators=(",", ":"), ensure_ascii=False)
-    entries["meta-data/all"] = pool.leaf(all_json.encode(), JSON)
+    entries: dict[str, Entry] = {"": _PLACEHOLDER}
+    names = []
+    meta_view: dict[str, Any] = {}
+    for name, child in tree.items():
+        if isinstance(child, dict):
+            names.append(name + "/")
+            view = _flatten(pool, child, name, entries, name == "meta-data")
+            if name == "meta-data":
+                meta_view = view
+        else:
+            names.append(name)
+            entries[name] = child
+    entries[""] = pool.leaf("\n".join(names).encode())
+    all_json = json.dumps(meta_view, separators=(",", ":"), ensure_ascii=False)
+    entries["meta-data/all"] = Leaf(all_json.encode(), JSON)
     return Rendered(instance_id=inst.instance_id, vpc_id=inst.vpc_id, options=e.options,
                     entries=entries, document=doc, role=e.values.ram_role)
 

@@ -46,12 +46,17 @@ def main(config: Path | None, data_dir: Path | None, store: str | None, verbose:
 @click.option("--demo", is_flag=True, help="Load the demo fleet and listen on 127.0.0.1:8080.")
 @click.option("--listen", "listen", multiple=True, metavar="ADDR:PORT=VPC",
               help="Add a listener serving VPC (repeatable).")
+@click.option("--workers", type=click.IntRange(1), metavar="N",
+              help="Data plane processes sharing the listeners (SO_REUSEPORT); one per core.")
 @click.pass_context
-def serve(ctx: click.Context, demo: bool, listen: tuple[str, ...]) -> None:
+def serve(ctx: click.Context, demo: bool, listen: tuple[str, ...], workers: int | None
+          ) -> None:
     """Run the data plane."""
     from .service import Service
 
     cfg = config_of(ctx)
+    if workers is not None:
+        cfg = replace(cfg, workers=workers)
     listeners = list(cfg.listeners)
     for item in listen:
         bind, _, vpc = item.partition("=")

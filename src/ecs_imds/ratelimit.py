@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Container
 
 
 class RateLimiter:
@@ -38,7 +39,7 @@ class RateLimiter:
         bucket[0] = tokens
         return max(1, math.ceil((1 - tokens) / self.rate))
 
-    def forget(self, keep: set[str]) -> None:
+    def forget(self, keep: Container[str]) -> None:
         """Drop the buckets of instances that are gone (called on each new snapshot)."""
         for key in [k for k in self._buckets if k not in keep]:
             del self._buckets[key]

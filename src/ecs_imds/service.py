@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import uvicorn
@@ -25,6 +25,7 @@ from .fleet import ensure_token_keys
 from .secrets import Secrets
 from .store import Store, open_store
 from .store.feed import ChangeFeed, SnapshotBuilder
+from .workers import run_workers
 
 log = logging.getLogger("ecs_imds")
 
@@ -130,4 +131,13 @@ class Service:
         written = self.admin_token()
         if written is not None:
             log.info("admin token for the control plane written to %s", written)
-        uvloop.run(self.serve())
+        if self.config.workers <= 1:
+            uvloop.run(self.serve())
+            return
+        # Each worker opens the store itself: no connection may cross a fork.
+        self.store.close()
+        raise SystemExit(run_workers(self.config.workers, self._serve_worker))
+
+    def _serve_worker(self, index: int) -> None:
+        api = self.config.api if index == 0 else replace(self.config.api, enabled=False)
+        uvloop.run(Service.open(replace(self.config, api=api)).serve())

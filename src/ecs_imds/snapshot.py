@@ -7,12 +7,19 @@ changes after it is built, so the hot path reads it without locks and never touc
 from __future__ import annotations
 
 import ipaddress
+import logging
+import marshal
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from .catalogue import Dynamic, Rendered
+from .catalogue import Dynamic, Pool, Rendered, render
+from .errors import ValidationError
+from .model import FleetDefaults, Instance, effective
 from .tokens import KeyRing
+
+log = logging.getLogger("ecs_imds.snapshot")
 
 
 class DynamicSource(Protocol):
@@ -25,11 +32,67 @@ class DynamicSource(Protocol):
                now: float) -> tuple[int, bytes, bytes]: ...
 
 
+class Deferred:
+    """An instance that is rendered on its first request instead of when the snapshot is built.
+
+    Reading and rendering an instance costs a few hundred microseconds; for a fleet of
+    100,000 that is most of a minute before a starting server could answer anyone. A large
+    build therefore only indexes instances by address (which needs none of that work) and
+    leaves each one's rendering to its first request; later snapshots keep the same object,
+    so an instance is rendered once per revision. An instance that cannot be rendered (a
+    store edited by hand) is logged once and served as no instance (403), as an eager build
+    would have skipped it.
+
+    Until then it keeps its document marshalled (under 1 KB, where the parsed dict takes
+    about 5 KB): the documents of a whole fleet never need to be in memory at once.
+    """
+
+    __slots__ = ("_defaults", "_doc", "_pool", "_rendered", "instance_id", "vpc_id")
+
+    def __init__(self, instance_id: str, vpc_id: str, doc: dict[str, Any],
+                 defaults: FleetDefaults, pool: Pool) -> None:
+        self.instance_id = instance_id
+        self.vpc_id = vpc_id
+        self._doc: bytes | None = marshal.dumps(doc)
+        self._defaults = defaults
+        self._pool = pool
+        self._rendered: Rendered | None = None
+
+    @classmethod
+    def of(cls, doc: dict[str, Any], defaults: FleetDefaults, pool: Pool
+           ) -> tuple[Deferred, tuple[str, ...]]:
+        """A stored document, deferred, and the addresses it calls from (normalised).
+        Raises ValidationError when not even those can be read."""
+        try:
+            instance_id = doc["instance-id"]
+            nics = doc["network-interfaces"]
+            vpc_id = nics[0]["vpc-id"]
+            addresses = tuple(normalise_ip(ip) for nic in nics
+                              for key in ("private-ipv4s", "ipv6s") for ip in nic.get(key, ()))
+            if not isinstance(instance_id, str) or not isinstance(vpc_id, str):
+                raise TypeError("not a string")
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            raise ValidationError("network-interfaces", f"cannot be read: {exc}") from None
+        return cls(instance_id, vpc_id, doc, defaults, pool), addresses
+
+    def get(self) -> Rendered | None:
+        """The rendered instance (rendering it now if need be); None if it cannot be."""
+        rendered = self._rendered
+        if rendered is None and self._doc is not None:
+            doc, self._doc = marshal.loads(self._doc), None  # dropped either way
+            try:
+                inst = Instance.from_doc(doc)
+                rendered = self._rendered = render(effective(inst, self._defaults), self._pool)
+            except ValidationError as exc:
+                log.error("instance %s cannot be served: %s", self.instance_id, exc)
+        return rendered
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     version: int
-    by_address: dict[tuple[str, str], Rendered]
-    by_id: dict[str, Rendered]
+    by_address: dict[tuple[str, str], Rendered | Deferred]
+    by_id: dict[str, Rendered | Deferred]
     key_ring: KeyRing
     dynamic: DynamicSource
     built_at: float = 0.0
@@ -42,27 +105,42 @@ class Snapshot:
         `aliases` is a listener's own map from peer address to instance id (the demo's
         127.0.0.1); it is configuration, never something a request can say.
         """
+        found = None
         if aliases:
             alias = aliases.get(ip)
             if alias is not None:
-                return self.by_id.get(alias)
-        return self.by_address.get((vpc_id, ip))
+                found = self.by_id.get(alias)
+                if found is None:
+                    return None
+        if found is None:
+            found = self.by_address.get((vpc_id, ip))
+        if found is None or found.__class__ is Rendered:
+            return found  # type: ignore[return-value]
+        return found.get()  # type: ignore[union-attr]
 
 
-def index(rendered: Iterable[tuple[Rendered, Iterable[str]]]
-          ) -> tuple[dict[tuple[str, str], Rendered], dict[str, Rendered]]:
+def index(rendered: Iterable[tuple[Rendered | Deferred, Iterable[str]]]
+          ) -> tuple[dict[tuple[str, str], Rendered | Deferred], dict[str, Rendered | Deferred]]:
     """Index instances by (vpc, address) and by id; addresses are normalised."""
-    by_address: dict[tuple[str, str], Rendered] = {}
-    by_id: dict[str, Rendered] = {}
+    by_address: dict[tuple[str, str], Rendered | Deferred] = {}
+    by_id: dict[str, Rendered | Deferred] = {}
     for r, addresses in rendered:
         by_id[r.instance_id] = r
+        vpc_id = r.vpc_id
         for ip in addresses:
-            by_address[(r.vpc_id, normalise_ip(ip))] = r
+            by_address[(vpc_id, normalise_ip(ip))] = r
     return by_address, by_id
+
+
+# Dotted-quad IPv4 as ipaddress writes it (no leading zeros): already canonical.
+_CANONICAL_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
+                             r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)")
 
 
 def normalise_ip(ip: str) -> str:
     """The canonical text of an address; IPv4-mapped IPv6 becomes plain IPv4."""
+    if _CANONICAL_IPV4.fullmatch(ip):
+        return ip
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return str(addr.ipv4_mapped)

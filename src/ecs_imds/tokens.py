@@ -48,7 +48,7 @@ class KeyRing:
     is used only while `now` is before its expiry: the answer is the same as verifying again.
     """
 
-    __slots__ = ("_by_kid", "_valid", "current")
+    __slots__ = ("_by_kid", "_valid", "current", "keys")
 
     # Bounds the memory of remembered tokens; past it the memory starts over (they verify again).
     REMEMBERED = 65536
@@ -56,6 +56,7 @@ class KeyRing:
     def __init__(self, keys: list[TokenKey]) -> None:
         if not keys:
             raise ValueError("a key ring needs at least one key")
+        self.keys = list(keys)
         self._by_kid = {k.kid: k for k in keys}
         self.current = max(keys, key=lambda k: (k.created_at, k.kid))
         self._valid: dict[str, tuple[str, int]] = {}

@@ -1,14 +1,22 @@
 """One HTTP/1.1 connection from an instance: parse, resolve, write — in order.
 
-httptools does the parsing; every request is answered as soon as it is complete, so
-pipelined requests are answered in order without buffering. The caller is identified per
-request from the listener's VPC and the peer address (never a header), against whichever
-snapshot is current at that moment.
+Nearly every request an instance sends is the same shape: one `GET /latest/…` with a few
+plain headers, arriving whole in one read. Such a request is recognised by `simple_get`
+from its bytes alone and answered by `resolve_get`, a static leaf going out as bytes
+already rendered; anything else (a PUT, a request split across reads or pipelined, a header
+httptools would treat specially, a limit broken) goes through httptools and `resolve`.
+`simple_get` only says yes where httptools would have read the same method, target, token
+and keep-alive, and nothing else that matters (tests/test_fastpath.py).
+
+Every request is answered as soon as it is complete, so pipelined requests are answered in
+order without buffering. The caller is identified from the listener's VPC and the peer
+address (never a header), against whichever snapshot is current at that moment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from email.utils import formatdate
@@ -16,8 +24,9 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from ..resolve import REASONS, Request, Response, error, resolve
-from ..snapshot import normalise_ip
+from ..catalogue import Leaf, Rendered
+from ..resolve import REASONS, Request, Response, error, resolve, resolve_get
+from ..snapshot import Snapshot, normalise_ip
 
 if TYPE_CHECKING:
     from .server import DataPlane, ListenerState
@@ -35,34 +44,151 @@ _date_cache: tuple[int, bytes] = (0, b"")
 
 def http_date() -> bytes:
     """The Date header value, formatted once per second."""
+    return _date_line(time.time())[6:-2]
+
+
+def _date_line(now: float) -> bytes:
     global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, formatdate(now, usegmt=True).encode())
+    second = int(now)
+    if _date_cache[0] != second:
+        _date_cache = (second, b"Date: %s\r\n" % formatdate(second, usegmt=True).encode())
     return _date_cache[1]
 
 
+_KEEP = b"\r\n"
+_CLOSE = b"Connection: close\r\n\r\n"
+_heads: dict[tuple[bytes, int], bytes] = {}
+
+
+def _head(content_type: bytes, length: int) -> bytes:
+    """Status line, Content-Type and Content-Length of a 200: few distinct ones, kept."""
+    key = (content_type, length)
+    head = _heads.get(key)
+    if head is None:
+        if len(_heads) >= 4096:
+            _heads.clear()
+        head = _heads[key] = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
+            content_type, length)
+    return head
+
+
+def render_leaf(leaf: Leaf, now: float, keep_alive: bool) -> bytes:
+    """A 200 with a static leaf: the same bytes as `render_response` would make of it."""
+    body = leaf.body
+    return b"".join((_head(leaf.content_type, len(body)), _date_line(now),
+                     _KEEP if keep_alive else _CLOSE, body))
+
+
 def render_response(resp: Response, keep_alive: bool, head_only: bool) -> bytes:
-    parts = [b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nDate: %s\r\n" % (
+    parts = [b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s" % (
         resp.status, REASONS[resp.status].encode(), resp.content_type, len(resp.body),
-        http_date())]
+        _date_line(time.time()))]
     for name, value in resp.headers:
         parts.append(b"%s: %s\r\n" % (name, value))
-    parts.append(b"\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+    parts.append(_KEEP if keep_alive else _CLOSE)
     if not head_only:
         parts.append(resp.body)
     return b"".join(parts)
 
 
+# --- the common request, recognised from its bytes -------------------------------------------
+# An origin-form target of characters httptools passes through as they are (no query, no
+# fragment, no percent-escapes, nothing a tag key could smuggle in).
+_SIMPLE_TARGET = re.compile(rb"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*")
+# Header lines "Name: value" (one optional space), visible ASCII only, no trailing space.
+_SIMPLE_HEADERS = re.compile(
+    rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+: ?[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?\r\n)*")
+# Headers llhttp itself acts on (framing, upgrade, persistence): the parser handles those.
+_FRAMING = (b"\ncontent-length:", b"\ntransfer-encoding:", b"\nupgrade:",
+            b"\nproxy-connection:")
+_CONNECTION = b"\nconnection:"
+_TOKEN = b"\nx-aliyun-ecs-metadata-token"
+_TOKEN_COLON = _TOKEN + b":"
+
+
+def simple_get(data: bytes, max_target: int, max_headers: int
+               ) -> tuple[str, str | None, bool] | None:
+    """(target, token or None, keep-alive) when `data` is exactly one complete
+    `GET <target> HTTP/1.1` request of the common shape; None for anything else."""
+    if data[:5] != b"GET /":
+        return None
+    end = data.find(b"\r\n\r\n")
+    if end != len(data) - 4:
+        return None  # incomplete, pipelined, or with a body
+    line_end = data.find(b"\r\n")
+    target_end = line_end - 9
+    if (data[target_end:line_end] != b" HTTP/1.1" or target_end - 4 > max_target
+            or not _SIMPLE_TARGET.fullmatch(data, 4, target_end)):
+        return None
+    target = data[4:target_end].decode("ascii")
+    if line_end == end:
+        return target, None, True
+    if end - line_end > max_headers // 2 or not _SIMPLE_HEADERS.fullmatch(
+            data, line_end + 2, end + 2):
+        return None
+    low = data[line_end:end + 2].lower()  # starts with "\r\n": every name follows a "\n"
+    for name in _FRAMING:
+        if name in low:
+            return None
+    keep_alive = True
+    at = low.find(_CONNECTION)
+    if at >= 0:
+        if low.find(_CONNECTION, at + 1) >= 0:
+            return None
+        value = low[at + len(_CONNECTION):low.index(b"\r", at)].lstrip(b" ")
+        if value == b"close":
+            keep_alive = False
+        elif value != b"keep-alive":
+            return None
+    token = None
+    at = low.find(_TOKEN)
+    if at >= 0:
+        if not low.startswith(_TOKEN_COLON, at) or low.find(_TOKEN, at + 1) >= 0:
+            return None
+        start = line_end + at + len(_TOKEN_COLON)
+        token = data[start:line_end + low.index(b"\r", at)].decode("latin-1").lstrip(" ")
+    return target, token, keep_alive
+
+
+class SimpleRequests:
+    """`simple_get`, remembered: the same request bytes come again and again (a client polling
+    one path, every instance of a fleet running the same agent, a token reused on a
+    connection), and a dict lookup is much cheaper than looking at them again."""
+
+    __slots__ = ("_known", "max_headers", "max_target")
+
+    SIZE = 4096  # requests remembered; past it the memory starts over
+    LONGEST = 512  # longer requests are looked at every time
+
+    def __init__(self, max_target: int, max_headers: int) -> None:
+        self.max_target = max_target
+        self.max_headers = max_headers
+        self._known: dict[bytes, tuple[str, str | None, bool] | None] = {}
+
+    def get(self, data: bytes) -> tuple[str, str | None, bool] | None:
+        known = self._known.get(data, _UNKNOWN)
+        if known is not _UNKNOWN:
+            return known  # type: ignore[return-value]
+        found = simple_get(data, self.max_target, self.max_headers)
+        if len(data) <= self.LONGEST:
+            if len(self._known) >= self.SIZE:
+                self._known.clear()
+            self._known[data] = found
+        return found
+
+
+_UNKNOWN = object()
+
+
 class HttpConnection(asyncio.Protocol):
-    __slots__ = ("_body_size", "_closing", "_header_size", "_headers", "_hop_limited",
-                 "_method", "_url", "deadline", "listener", "parser", "peer_ip", "plane",
-                 "transport")
+    __slots__ = ("_body_size", "_busy", "_caller", "_closing", "_header_size", "_headers",
+                 "_hop_limited", "_method", "_snapshot", "_url", "deadline", "listener",
+                 "parser", "peer_ip", "plane", "transport")
 
     def __init__(self, plane: DataPlane, listener: ListenerState) -> None:
         self.plane = plane
         self.listener = listener
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: httptools.HttpRequestParser | None = None  # made when first needed
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
         self._url = b""
@@ -71,7 +197,10 @@ class HttpConnection(asyncio.Protocol):
         self._body_size = 0
         self._method = ""
         self._closing = False
+        self._busy = False  # the parser is inside a request
         self._hop_limited = False
+        self._snapshot: Snapshot | None = None  # the caller, as found in this snapshot
+        self._caller: Rendered | None = None
         self.deadline = 0.0
 
     # -- asyncio.Protocol ------------------------------------------------------------
@@ -89,8 +218,16 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        if not self._busy:
+            simple = self.plane.simple_requests.get(data)
+            if simple is not None:
+                self._answer_simple(*simple)
+                return
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = httptools.HttpRequestParser(self)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             if not self._closing:
                 cause = exc.__context__
@@ -112,6 +249,7 @@ class HttpConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._closing:  # a request pipelined behind one that closed the connection
             raise _Reject(400)
+        self._busy = True
         self._url = b""
         self._headers = {}
         self._header_size = 0
@@ -130,6 +268,7 @@ class HttpConnection(asyncio.Protocol):
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        assert self.parser is not None
         self._method = self.parser.get_method().decode("latin-1")
         length = self._headers.get("content-length", "0")
         if not length.isdigit() or int(length) > self._body_limit():
@@ -141,17 +280,45 @@ class HttpConnection(asyncio.Protocol):
             raise _Reject(413)
 
     def on_message_complete(self) -> None:
+        assert self.parser is not None
+        self._busy = False
         keep_alive = self.parser.should_keep_alive()
         resp = self._respond()
         self._write(resp, keep_alive, self._method == "HEAD")
-        if keep_alive:
-            self.deadline = time.monotonic() + self.plane.limits.idle_timeout
-        else:
-            self._close()
+        self._done(keep_alive)
 
     # -- the work ------------------------------------------------------------------------
     def _body_limit(self) -> int:
         return self.plane.limits.put_body if self._method == "PUT" else 0
+
+    def _identify(self, snap: Snapshot) -> Rendered | None:
+        """The caller in `snap`; found once per snapshot per connection."""
+        if snap is not self._snapshot:
+            self._caller = snap.identify(self.listener.vpc_id, self.peer_ip,
+                                         self.listener.aliases)
+            self._snapshot = snap
+        return self._caller
+
+    def _answer_simple(self, target: str, token: str | None, keep_alive: bool) -> None:
+        plane = self.plane
+        snap = plane.snapshot
+        now = time.time()
+        limiter = plane.limiter
+        answer = resolve_get(target, token, self._identify(snap), snap, now,
+                             limiter if limiter.rate else None)
+        if answer.__class__ is Leaf:
+            if self.transport is not None:
+                self.transport.write(render_leaf(answer, now, keep_alive))  # type: ignore[arg-type]
+                plane.stats.responses[200] += 1
+        else:
+            self._write(answer, keep_alive, False)  # type: ignore[arg-type]
+        self._done(keep_alive)
+
+    def _done(self, keep_alive: bool) -> None:
+        if keep_alive:
+            self.deadline = time.monotonic() + self.plane.limits.idle_timeout
+        else:
+            self._close()
 
     def _respond(self) -> Response:
         try:
@@ -162,9 +329,8 @@ class HttpConnection(asyncio.Protocol):
         query = (url.query or b"").decode("latin-1")
         plane = self.plane
         snap = plane.snapshot
-        caller = snap.identify(self.listener.vpc_id, self.peer_ip, self.listener.aliases)
-        return resolve(Request(self._method, path, query, self._headers), caller, snap,
-                       time.time(), plane.limiter)
+        return resolve(Request(self._method, path, query, self._headers), self._identify(snap),
+                       snap, time.time(), plane.limiter)
 
     def _write(self, resp: Response, keep_alive: bool, head_only: bool) -> None:
         transport = self.transport

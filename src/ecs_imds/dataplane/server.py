@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import time
@@ -17,13 +18,22 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from ..config import Limits, Listener
 from ..ratelimit import RateLimiter
 from ..snapshot import Snapshot
-from .http import HttpConnection
+from .http import HttpConnection, SimpleRequests
 from .proxied import ProxiedConnection
 from .stats import Stats
 
 log = logging.getLogger("ecs_imds.dataplane")
 
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+LISTEN_BACKLOG = 4096
+
+
+def _settle() -> None:
+    """Move everything alive now (the snapshot above all: millions of objects on a large
+    fleet) out of the cyclic garbage collector's sight. Its full collections would otherwise
+    walk the whole snapshot again and again, each one a pause of the event loop; snapshots
+    hold no reference cycles, so they are freed by reference counting all the same."""
+    gc.freeze()
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +53,7 @@ def bind_socket(listener: Listener, reuse_port: bool = False) -> socket.socket:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
     sock.bind((listener.host, listener.port))
-    sock.listen(4096)
+    sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -53,6 +63,7 @@ class DataPlane:
         self.snapshot = snapshot
         self.limits = limits
         self.limiter = RateLimiter(limits.rate, limits.burst)
+        self.simple_requests = SimpleRequests(limits.request_line, limits.headers)
         self.connections: set[HttpConnection] = set()
         self.stats = Stats()
         self.servers: list[asyncio.AbstractServer] = []
@@ -61,7 +72,8 @@ class DataPlane:
     def install(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot (on the loop's thread)."""
         self.snapshot = snapshot
-        self.limiter.forget(set(snapshot.by_id))
+        self.limiter.forget(snapshot.by_id)
+        _settle()
 
     def count(self, status: int) -> None:
         self.stats.count(status)
@@ -74,10 +86,12 @@ class DataPlane:
             # Only a PROXY protocol listener pays for reading the header.
             protocol = HttpConnection if listener.proxy_trusted is None else ProxiedConnection
             server = await loop.create_server(
-                lambda state=state, protocol=protocol: protocol(self, state), sock=sock)
+                lambda state=state, protocol=protocol: protocol(self, state), sock=sock,
+                backlog=LISTEN_BACKLOG)
             self.servers.append(server)
             log.info("data plane listening on %s for %s", listener.bind, listener.vpc_id)
         self._sweeper = asyncio.create_task(self._sweep())
+        _settle()
 
     async def _sweep(self) -> None:
         """Close connections that idle too long or send a request too slowly."""

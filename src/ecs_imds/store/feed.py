@@ -20,11 +20,17 @@ from typing import Any
 from ..catalogue import Pool, Rendered, render
 from ..errors import ValidationError
 from ..model import FleetDefaults, Instance, effective
-from ..snapshot import DynamicSource, Snapshot, index
+from ..snapshot import Deferred, DynamicSource, Snapshot, index
 from ..tokens import KeyRing
 from .base import Change, Store, StoredInstance, Subscription
 
 log = logging.getLogger("ecs_imds.feed")
+
+# Instances read in one build beyond which rendering waits for each one's first request
+# (snapshot.Deferred): a server starting on a large fleet serves in seconds, not minutes.
+RENDER_AT_ONCE = 2000
+# Documents read from the store at a time (a parsed document takes a few KB).
+READ_AT_ONCE = 1000
 
 
 class SnapshotBuilder:
@@ -35,8 +41,9 @@ class SnapshotBuilder:
         self.before_build = before_build
         self._defaults_doc: dict[str, Any] | None = None
         self._defaults = FleetDefaults()
-        self._cache: dict[str, tuple[int, Rendered, tuple[str, ...]]] = {}
+        self._cache: dict[str, tuple[int, Rendered | Deferred, tuple[str, ...]]] = {}
         self._pool = Pool()
+        self._key_ring: KeyRing | None = None
 
     def build(self, changed: Collection[str] | None = None, version: int | None = None
               ) -> Snapshot:
@@ -60,30 +67,44 @@ class SnapshotBuilder:
                 del self._cache[gone]
             stale = [i for i, rev in revisions.items()
                      if i not in self._cache or self._cache[i][0] != rev]
-            self._render(self.store.load_instances(stale) if stale else [])
+            later = len(stale) > RENDER_AT_ONCE
+            for start in range(0, len(stale), READ_AT_ONCE):
+                self._render(self.store.load_instances(stale[start:start + READ_AT_ONCE]),
+                             later)
         else:
             ids = list(changed)
             found = self.store.load_instances(ids) if ids else []
             for gone in set(ids) - {s.instance_id for s in found}:
                 self._cache.pop(gone, None)
-            self._render(found)
+            self._render(found, len(found) > RENDER_AT_ONCE)
         by_address, by_id = index((r, addrs) for _, r, addrs in self._cache.values())
         return Snapshot(version=version, by_address=by_address, by_id=by_id,
-                        key_ring=KeyRing(self.store.token_keys()), dynamic=self.dynamic,
-                        built_at=time.time())
+                        key_ring=self._keys(), dynamic=self.dynamic, built_at=time.time())
 
-    def _render(self, instances: Collection[StoredInstance]) -> None:
+    def _keys(self) -> KeyRing:
+        """The key ring; the same object while the keys are the same, so that the tokens it
+        has verified stay remembered across snapshots."""
+        keys = self.store.token_keys()
+        if self._key_ring is None or self._key_ring.keys != keys:
+            self._key_ring = KeyRing(keys)
+        return self._key_ring
+
+    def _render(self, instances: Collection[StoredInstance], later: bool) -> None:
         for stored in instances:
+            item: Rendered | Deferred
             try:
-                inst = Instance.from_doc(stored.doc)
-                rendered = render(effective(inst, self._defaults), self._pool)
+                if later:
+                    item, addresses = Deferred.of(stored.doc, self._defaults, self._pool)
+                else:
+                    inst = Instance.from_doc(stored.doc)
+                    item = render(effective(inst, self._defaults), self._pool)
+                    addresses = tuple(inst.addresses())
             except ValidationError as exc:
                 # Writes are validated; this only happens if the store was edited by hand.
                 log.error("instance %s cannot be served: %s", stored.instance_id, exc)
                 self._cache.pop(stored.instance_id, None)
                 continue
-            self._cache[stored.instance_id] = (stored.revision, rendered,
-                                               tuple(inst.addresses()))
+            self._cache[stored.instance_id] = (stored.revision, item, addresses)
 
 
 class ChangeFeed:

@@ -1,0 +1,354 @@
+"""The data plane's fast path answers exactly what the reference path would.
+
+Three claims, each checked against the reference it short-cuts:
+- `simple_get` accepts only requests that httptools reads as the same one GET (target,
+  token, keep-alive) with nothing else that matters;
+- `resolve_get` answers what `resolve` answers, for every path of the demo fleet and of
+  the test fleet, every kind of caller and token, with and without a rate limit;
+- a connection writes the same bytes whether a request took the fast path or the parser.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import httptools
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from ecs_imds.catalogue import JSON, OCTET, TEXT, Leaf
+from ecs_imds.cli import DEMO_VPC, demo_fleet
+from ecs_imds.config import Limits
+from ecs_imds.dataplane import http
+from ecs_imds.dataplane.http import HttpConnection, SimpleRequests, render_leaf, simple_get
+from ecs_imds.ratelimit import RateLimiter
+from ecs_imds.resolve import Request, Response, resolve, resolve_get
+from ecs_imds.snapshot import Snapshot
+from fleets import HARDENED_ID, NOW, PLAIN_ID, RICH_ID, snapshot_of
+
+TOKEN_HEADER = "x-aliyun-ecs-metadata-token"
+HARDENED_DEMO = "i-bp1demo0000000000002"
+MAX_LINE, MAX_HEADERS = 2048, 8192
+
+
+# --- simple_get against httptools ---------------------------------------------------------
+class Recorder:
+    """What HttpConnection takes from httptools: url, headers (lower-cased, last wins)."""
+
+    def __init__(self) -> None:
+        self.begun = 0
+        self.complete: list[tuple[bytes, bytes, dict[str, str], bool, int]] = []
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.header_size = 0
+        self.body = b""
+        self.parser = httptools.HttpRequestParser(self)
+
+    def on_message_begin(self) -> None:
+        self.begun += 1
+        self.url, self.headers, self.header_size, self.body = b"", {}, 0, b""
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_size += len(name) + len(value) + 4
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        self.complete.append((self.parser.get_method(), self.url, self.headers,
+                              self.parser.should_keep_alive(), self.header_size))
+
+
+def assert_same_as_httptools(data: bytes) -> None:
+    found = simple_get(data, MAX_LINE, MAX_HEADERS)
+    if found is None:
+        return
+    target, token, keep_alive = found
+    rec = Recorder()
+    rec.parser.feed_data(data)  # raises on anything httptools refuses
+    assert rec.begun == 1 and len(rec.complete) == 1 and rec.body == b""
+    method, url, headers, parser_keep_alive, header_size = rec.complete[0]
+    assert method == b"GET" and url == target.encode()
+    parsed = httptools.parse_url(url)
+    assert parsed.path == url and parsed.query is None and parsed.fragment is None
+    assert headers.get(TOKEN_HEADER) == token
+    assert "content-length" not in headers and "transfer-encoding" not in headers
+    assert parser_keep_alive == keep_alive
+    assert len(url) <= MAX_LINE and header_size <= MAX_HEADERS
+
+
+GOOD_NAMES = ["Host", "User-Agent", "Accept", "Connection", "connection", "CONNECTION",
+              "X-aliyun-ecs-metadata-token", "x-aliyun-ecs-metadata-token",
+              "X-Forwarded-For", "Expect", "X-Token", "Accept-Encoding"]
+BAD_NAMES = ["Content-Length", "Transfer-Encoding", "Upgrade", "Proxy-Connection",
+             "X-aliyun-ecs-metadata-token-ttl-seconds", "Bad Name", "", "Host:", "Hé"]
+GOOD_VALUES = ["x", "close", "Close", "keep-alive", "Keep-Alive", "0", "100-continue",
+               "a" * 64, "AAAA-_zz09", "127.0.0.1:8080", "*/*", "gzip, deflate"]
+BAD_VALUES = ["upgrade", "close, keep-alive", "chunked", " x", "x ", "\tx", "a\tb", "é",
+              "a\x00b", "", "  two spaces", "a\rb", "a\nb"]
+SEPARATORS = [": ", ": ", ": ", ":", ":", ":  ", " : ", ":\t"]
+SAFE_TARGET = st.from_regex(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]{0,20}", fullmatch=True)
+
+
+def mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """`good` nine times out of ten: most requests are near the fast path's edge."""
+    return st.integers(0, 9).flatmap(lambda n: bad if n == 0 else good)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> bytes:
+    method = draw(mostly(st.just("GET"), st.sampled_from(["HEAD", "PUT", "get", "GETX", ""])))
+    target = draw(mostly(SAFE_TARGET, st.one_of(
+        st.sampled_from(["/latest/meta-data/tags/instance/a?b", "/x#y", "/a%2Fb", "*", "",
+                         "http://100.100.100.200/latest/", "/a b"]),
+        st.text(max_size=12).map(lambda t: "/" + t))))
+    version = draw(mostly(st.just("HTTP/1.1"), st.sampled_from(
+        ["HTTP/1.0", "HTTP/2.0", "http/1.1", "HTTP/1.1 ", "HTTP/1.10"])))
+    eol = draw(mostly(st.just("\r\n"), st.just("\n")))
+    lines = [f"{method} {target} {version}"]
+    for _ in range(draw(st.integers(0, 4))):
+        name = draw(mostly(st.one_of(st.sampled_from(GOOD_NAMES),
+                                     st.from_regex(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,8}",
+                                                   fullmatch=True)),
+                           st.one_of(st.sampled_from(BAD_NAMES), st.text(max_size=8))))
+        value = draw(mostly(st.one_of(st.sampled_from(GOOD_VALUES),
+                                      st.from_regex(r"[!-~]([ -~]{0,10}[!-~])?", fullmatch=True)),
+                            st.one_of(st.sampled_from(BAD_VALUES), st.text(max_size=8))))
+        lines.append(name + draw(st.sampled_from(SEPARATORS)) + value)
+    tail = draw(mostly(st.just(""), st.sampled_from(["hello", "GET / HTTP/1.1\r\n\r\n", "G"])))
+    return (eol.join(lines) + eol + eol + tail).encode("utf-8", "surrogatepass")
+
+
+@settings(max_examples=3000)
+@given(requests())
+@example(b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n")
+@example(b"GET / HTTP/1.1\r\nX-aliyun-ecs-metadata-token:  t\r\n\r\n")
+def test_simple_get_agrees_with_httptools(data: bytes) -> None:
+    try:
+        assert_same_as_httptools(data)
+    except httptools.HttpParserError as exc:
+        raise AssertionError(f"simple_get accepted what httptools refuses: {exc}") from None
+
+
+TOKEN = "AAAAAQBpzRq8" + "x" * 52
+COMMON = [
+    # wrk, curl, python-requests (cloud-init), urllib (Alibaba SDKs), a token, closing
+    b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n",
+    b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 100.100.100.200\r\nUser-Agent: curl/7.88.1\r\n"
+    b"Accept: */*\r\n\r\n",
+    b"GET /2016-01-01/meta-data/hostname HTTP/1.1\r\nHost: 100.100.100.200\r\n"
+    b"User-Agent: Cloud-Init/23.1\r\nAccept-Encoding: gzip, deflate\r\nAccept: */*\r\n"
+    b"Connection: keep-alive\r\nX-aliyun-ecs-metadata-token: " + TOKEN.encode() + b"\r\n\r\n",
+    b"GET /latest/meta-data/ram/security-credentials/role HTTP/1.1\r\n"
+    b"Accept-Encoding: identity\r\nHost: 100.100.100.200\r\nUser-Agent: Python-urllib/3.11\r\n"
+    b"Connection: close\r\n\r\n",
+    b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\n"
+    b"x-aliyun-ecs-metadata-token:" + TOKEN.encode() + b"\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("data", COMMON)
+def test_common_requests_take_the_fast_path(data: bytes) -> None:
+    assert simple_get(data, MAX_LINE, MAX_HEADERS) is not None
+    assert_same_as_httptools(data)
+
+
+@pytest.mark.parametrize("data", [
+    b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\n",  # not finished
+    b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n",  # pipelined
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"HEAD / HTTP/1.1\r\n\r\n",
+    b"PUT /latest/api/token HTTP/1.1\r\nX-aliyun-ecs-metadata-token-ttl-seconds: 5\r\n\r\n",
+    b"GET /latest/meta-data/?x=1 HTTP/1.1\r\n\r\n",
+    b"GET /latest/meta-data/%69nstance-id HTTP/1.1\r\n\r\n",
+    b"GET http://100.100.100.200/latest/ HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+    b"GET / HTTP/1.1\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX-aliyun-ecs-metadata-token: a\r\nX-aliyun-ecs-metadata-token: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX-aliyun-ecs-metadata-token: a \r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost:\tx\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+    b"GET / HTTP/1.1\nHost: x\n\n",
+])
+def test_everything_else_goes_to_the_parser(data: bytes) -> None:
+    assert simple_get(data, MAX_LINE, MAX_HEADERS) is None
+
+
+def test_limits_send_requests_to_the_parser() -> None:
+    data = COMMON[1]
+    assert simple_get(data, len("/latest/meta-data/"), MAX_HEADERS) is not None
+    assert simple_get(data, len("/latest/meta-data/") - 1, MAX_HEADERS) is None
+    assert simple_get(data, MAX_LINE, 64) is None
+
+
+def test_simple_requests_are_remembered_within_bounds() -> None:
+    known = SimpleRequests(MAX_LINE, MAX_HEADERS)
+    for data in [*COMMON, b"HEAD / HTTP/1.1\r\n\r\n"]:
+        assert known.get(data) == simple_get(data, MAX_LINE, MAX_HEADERS)
+        assert known.get(data) == simple_get(data, MAX_LINE, MAX_HEADERS)
+    for n in range(SimpleRequests.SIZE + 10):
+        known.get(b"GET /%d HTTP/1.1\r\n\r\n" % n)
+    assert len(known._known) <= SimpleRequests.SIZE
+
+
+# --- resolve_get against resolve ----------------------------------------------------------
+def demo_snapshot() -> Snapshot:
+    return snapshot_of(demo_fleet())
+
+
+SNAPSHOTS = {"test fleet": snapshot_of(), "demo fleet": demo_snapshot()}
+
+
+def paths_of(snap: Snapshot) -> Iterator[str]:
+    yield from ("/", "/latest", "/latest/", "/2016-01-01", "/2016-01-01/", "/2009-01-01/",
+                "/latest/api/token", "/latest/api/token/", "/2016-01-01/api/token",
+                "/latest/meta-data/nope", "/latest//meta-data", "/latest/meta-data//",
+                "/latest/meta-data/all/", "/favicon.ico", "/latest/dynamic/instance-identity/")
+    paths = sorted({p for r in snap.by_id.values() for p in r.entries})  # type: ignore[union-attr]
+    for path, version, slash in itertools.product(paths, ("latest", "2016-01-01"), ("", "/")):
+        yield f"/{version}/{path}{slash}"
+
+
+def tokens_for(snap: Snapshot, instance_id: str) -> list[str | None]:
+    ring = snap.key_ring
+    others = [i for i in snap.by_id if i != instance_id]
+    return [None, ring.mint(instance_id, NOW, 60), ring.mint(others[0], NOW, 60),
+            ring.mint(instance_id, NOW - 100, 60), "", "not-a-token"]
+
+
+def as_response(answer: Leaf | Response) -> Response:
+    if isinstance(answer, Leaf):
+        return Response(200, answer.body, answer.content_type)
+    return answer
+
+
+def reference(path: str, token: str | None, caller: Any, snap: Snapshot, now: float,
+              limiter: RateLimiter | None = None) -> Response:
+    headers = {} if token is None else {TOKEN_HEADER: token}
+    return resolve(Request("GET", path, "", headers), caller, snap, now, limiter)
+
+
+@pytest.mark.parametrize("fleet", list(SNAPSHOTS))
+def test_resolve_get_answers_as_resolve_on_every_path(fleet: str) -> None:
+    snap = SNAPSHOTS[fleet]
+    fast = 0
+    for instance_id, caller in snap.by_id.items():
+        for token in tokens_for(snap, instance_id):
+            for path in paths_of(snap):
+                answer = resolve_get(path, token, caller, snap, NOW)  # type: ignore[arg-type]
+                assert as_response(answer) == reference(path, token, caller, snap, NOW), (
+                    instance_id, token, path)
+                fast += isinstance(answer, Leaf)
+    for path in paths_of(snap):
+        assert resolve_get(path, None, None, snap, NOW) == reference(path, None, None, snap, NOW)
+    assert fast > 1000  # the fast path is taken, not just agreed with
+
+
+def test_resolve_get_serves_leaves_itself() -> None:
+    snap = SNAPSHOTS["test fleet"]
+    plain, hardened = snap.by_id[PLAIN_ID], snap.by_id[HARDENED_ID]
+    token = snap.key_ring.mint(HARDENED_ID, NOW, 60)
+    for caller, tok in ((plain, None), (plain, snap.key_ring.mint(PLAIN_ID, NOW, 60)),
+                        (hardened, token)):
+        for path in ("/latest/meta-data/instance-id", "/latest/meta-data/", "/latest/meta-data",
+                     "/2016-01-01/meta-data/all", "/latest/"):
+            assert isinstance(resolve_get(path, tok, caller, snap, NOW), Leaf), path  # type: ignore[arg-type]
+
+
+def test_resolve_get_spends_the_rate_limit_as_resolve() -> None:
+    snap = SNAPSHOTS["test fleet"]
+    caller = snap.by_id[RICH_ID]
+    fast_limiter, slow_limiter = RateLimiter(2, 3), RateLimiter(2, 3)
+    paths = ["/latest/meta-data/instance-id", "/latest/meta-data/nope", "/latest/api/token",
+             "/latest/meta-data/ram/security-credentials/EcsRamRoleTest", "/"]
+    for step in range(40):
+        now = NOW + step * 0.2
+        path = paths[step % len(paths)]
+        fast = resolve_get(path, None, caller, snap, now, fast_limiter)  # type: ignore[arg-type]
+        assert as_response(fast) == reference(path, None, caller, snap, now, slow_limiter), step
+
+
+# --- a connection writes the same bytes either way ----------------------------------------
+class Transport:
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 50000) if name == "peername" else None
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class Plane:
+    def __init__(self, snap: Snapshot) -> None:
+        from ecs_imds.dataplane.stats import Stats
+
+        self.snapshot = snap
+        self.limits = Limits(rate=0)
+        self.limiter = RateLimiter(0, 1)
+        self.simple_requests = SimpleRequests(MAX_LINE, MAX_HEADERS)
+        self.connections: set[Any] = set()
+        self.stats = Stats()
+
+    def count(self, status: int) -> None:
+        self.stats.count(status)
+
+
+def exchange(snap: Snapshot, chunks: list[bytes], monkeypatch: pytest.MonkeyPatch
+             ) -> tuple[bytes, bool]:
+    monkeypatch.setattr(http.time, "time", lambda: float(NOW))
+    from ecs_imds.dataplane.server import ListenerState
+
+    listener = ListenerState(DEMO_VPC, {"127.0.0.1": HARDENED_DEMO})
+    conn = HttpConnection(Plane(snap), listener)  # type: ignore[arg-type]
+    transport = Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    for chunk in chunks:
+        conn.data_received(chunk)
+    return b"".join(transport.out), transport.closed
+
+
+@pytest.mark.parametrize("with_token", [False, True])
+@pytest.mark.parametrize("path", ["/latest/meta-data/instance-id", "/latest/meta-data/",
+                                  "/latest/meta-data/all", "/latest/meta-data/nope",
+                                  "/latest/api/token", "/2016-01-01/user-data"])
+@pytest.mark.parametrize("close", [False, True])
+def test_fast_and_parsed_requests_write_the_same_bytes(
+        path: str, with_token: bool, close: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    snap = SNAPSHOTS["demo fleet"]
+    token = snap.key_ring.mint(HARDENED_DEMO, NOW, 60)
+    data = (f"GET {path} HTTP/1.1\r\nHost: 100.100.100.200\r\n"
+            + (f"X-aliyun-ecs-metadata-token: {token}\r\n" if with_token else "")
+            + ("Connection: close\r\n" if close else "") + "\r\n").encode()
+    assert simple_get(data, MAX_LINE, MAX_HEADERS) is not None
+    fast = exchange(snap, [data], monkeypatch)
+    parsed = exchange(snap, [data[:7], data[7:]], monkeypatch)  # split: the parser's
+    assert fast == parsed
+    assert fast[0].startswith(b"HTTP/1.1 ") and fast[1] == close
+
+
+def test_render_leaf_is_render_response(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http.time, "time", lambda: float(NOW))
+    for leaf in (Leaf(b"i-x", TEXT), Leaf(b"{}", JSON), Leaf(b"\x00\xff", OCTET), Leaf(b"", TEXT)):
+        for keep_alive in (True, False):
+            resp = Response(200, leaf.body, leaf.content_type)
+            assert render_leaf(leaf, NOW, keep_alive) == http.render_response(
+                resp, keep_alive, False)
