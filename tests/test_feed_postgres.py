@@ -6,6 +6,7 @@ Waits are bounded polls; durations are printed (run with -s to see them), never 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -219,3 +220,21 @@ def test_database_down_keeps_serving_then_catches_up(own_pg: PostgresCluster,
     assert name.body == b"after"  # type: ignore[union-attr]
     print(f"\nstale after {went * 1000:.0f} ms; fresh {back * 1000:.0f} ms after `pg_ctl start`; "
           f"next change in {caught * 1000:.0f} ms")
+
+
+def test_without_notices_the_feed_polls(store: PostgresStore, feed: Feed,
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    def refuse() -> None:
+        raise psycopg.errors.FeatureNotSupported("cannot execute LISTEN during recovery")
+
+    monkeypatch.setattr(feed.store, "subscribe", refuse)
+    with caplog.at_level(logging.WARNING, logger="ecs_imds.feed"):
+        feed.feed.start()
+        store.delete_instances([ID[1]])
+        wait_until(lambda: ID[1] not in feed.current.by_id, timeout=10)
+        store.delete_instances([ID[2]])
+        wait_until(lambda: ID[2] not in feed.current.by_id, timeout=10)
+    assert not any(s.stale for s in feed.published)  # the store itself is fine
+    assert [r.getMessage() for r in caplog.records if "polling" in r.getMessage()] == [
+        "no change notices from the store, polling it: cannot execute LISTEN during recovery"]

@@ -115,7 +115,8 @@ class ChangeFeed:
     every `heartbeat` seconds, which catches a write that sent no notice. Whenever the
     subscription is lost, notices may have been missed: the feed subscribes again and then
     resynchronises in full. With a store that has no notices (SQLite), it polls the version
-    every `interval` seconds.
+    every `interval` seconds, and so it does while it cannot subscribe (the store is away,
+    or a hot standby refuses LISTEN), trying again every `resubscribe` seconds.
 
     Runs in its own thread so that a slow store or a large rebuild never blocks requests.
     """
@@ -128,6 +129,8 @@ class ChangeFeed:
         self.publish = publish
         self.interval = interval
         self.heartbeat = max(heartbeat, interval)
+        self.resubscribe = 5.0  # seconds between attempts to subscribe while polling
+        self._polling = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="change-feed", daemon=True)
 
@@ -190,10 +193,12 @@ class ChangeFeed:
         while not self._stop.is_set():
             try:
                 subscription = self.builder.store.subscribe()
-            except Exception as exc:
-                self._down(exc)
-                self._stop.wait(self.interval)
+            except Exception as exc:  # no notices (the store is away, or refuses LISTEN):
+                self._poll_for_a_while(exc)  # poll, and try to subscribe again later
                 continue
+            if self._polling:
+                log.warning("change notices from the store again")
+                self._polling = False
             if subscription is None:
                 while not self._stop.wait(self.interval):
                     self.poll()
@@ -205,6 +210,15 @@ class ChangeFeed:
             finally:
                 with contextlib.suppress(Exception):
                     subscription.close()
+            self._stop.wait(self.interval)
+
+    def _poll_for_a_while(self, exc: Exception) -> None:
+        if not self._polling:
+            log.warning("no change notices from the store, polling it: %s", exc)
+            self._polling = True
+        until = time.monotonic() + self.resubscribe
+        while time.monotonic() < until and not self._stop.is_set():
+            self.poll()
             self._stop.wait(self.interval)
 
     def _listen(self, subscription: Subscription) -> None:
