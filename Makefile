@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh Debian machine with Python 3.11:
 #   make serve   — run the service on the embedded store with the demo fleet
 #   make test    — install what the tests need (Python and Debian packages), then run them all
+#   make bench   — install wrk and nginx, run the benchmarks, write BENCHMARKS.md
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,7 +10,10 @@ STAMP  := $(VENV)/.installed-$(shell $(PYTHON) -c 'import hashlib,sys;print(hash
 # not on PATH in Debian, so its command is a path (the tests start a cluster of their own).
 DEB_TOOLS := ip:iproute2 curl:curl openssl:openssl /usr/lib/postgresql/*/bin/initdb:postgresql
 
-.PHONY: serve test lint deps debs clean
+# What `make bench` drives, the same way.
+BENCH_TOOLS := wrk:wrk nginx:nginx taskset:util-linux
+
+.PHONY: serve test lint deps debs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +39,10 @@ lint: $(STAMP)
 
 test: $(STAMP) debs lint
 	$(BIN)/pytest
+
+bench: $(STAMP)
+	@$(MAKE) --no-print-directory debs DEB_TOOLS="$(BENCH_TOOLS)"
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis

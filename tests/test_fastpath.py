@@ -1,8 +1,8 @@
 """The data plane's fast path answers exactly what the reference path would.
 
 Three claims, each checked against the reference it short-cuts:
-- `simple_get` accepts only requests that httptools reads as the same one GET (target,
-  token, keep-alive) with nothing else that matters;
+- `simple_request` accepts only requests that httptools reads as the same one GET or token
+  PUT (target, token, TTL, keep-alive) with nothing else that matters;
 - `resolve_get` answers what `resolve` answers, for every path of the demo fleet and of
   the test fleet, every kind of caller and token, with and without a rate limit;
 - a connection writes the same bytes whether a request took the fast path or the parser.
@@ -19,22 +19,24 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from ecs_imds import tokens
 from ecs_imds.catalogue import JSON, OCTET, TEXT, Leaf
 from ecs_imds.cli import DEMO_VPC, demo_fleet
 from ecs_imds.config import Limits
 from ecs_imds.dataplane import http
-from ecs_imds.dataplane.http import HttpConnection, SimpleRequests, render_leaf, simple_get
+from ecs_imds.dataplane.http import HttpConnection, SimpleRequests, render_leaf, simple_request
 from ecs_imds.ratelimit import RateLimiter
 from ecs_imds.resolve import Request, Response, resolve, resolve_get
 from ecs_imds.snapshot import Snapshot
 from fleets import HARDENED_ID, NOW, PLAIN_ID, RICH_ID, snapshot_of
 
 TOKEN_HEADER = "x-aliyun-ecs-metadata-token"
+TTL_HEADER = "x-aliyun-ecs-metadata-token-ttl-seconds"
 HARDENED_DEMO = "i-bp1demo0000000000002"
 MAX_LINE, MAX_HEADERS = 2048, 8192
 
 
-# --- simple_get against httptools ---------------------------------------------------------
+# --- simple_request against httptools -----------------------------------------------------
 class Recorder:
     """What HttpConnection takes from httptools: url, headers (lower-cased, last wins)."""
 
@@ -67,32 +69,42 @@ class Recorder:
 
 
 def assert_same_as_httptools(data: bytes) -> None:
-    found = simple_get(data, MAX_LINE, MAX_HEADERS)
+    found = simple_request(data, MAX_LINE, MAX_HEADERS)
     if found is None:
         return
-    target, token, keep_alive = found
+    method, target, token, ttl, keep_alive = found
     rec = Recorder()
     rec.parser.feed_data(data)  # raises on anything httptools refuses
     assert rec.begun == 1 and len(rec.complete) == 1 and rec.body == b""
-    method, url, headers, parser_keep_alive, header_size = rec.complete[0]
-    assert method == b"GET" and url == target.encode()
+    parsed_method, url, headers, parser_keep_alive, header_size = rec.complete[0]
+    assert parsed_method == method.encode() and url == target.encode()
     parsed = httptools.parse_url(url)
     assert parsed.path == url and parsed.query is None and parsed.fragment is None
-    assert headers.get(TOKEN_HEADER) == token
-    assert "content-length" not in headers and "transfer-encoding" not in headers
+    assert headers.get(TOKEN_HEADER) == token and headers.get(TTL_HEADER) == ttl
+    assert headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers
+    if method == "PUT":  # what resolve reads of a PUT: the TTL, and whether it was proxied
+        assert target == "/latest/api/token"
+        assert "x-forwarded-for" not in headers and "forwarded" not in headers
+    else:
+        assert method == "GET"
     assert parser_keep_alive == keep_alive
     assert len(url) <= MAX_LINE and header_size <= MAX_HEADERS
 
 
 GOOD_NAMES = ["Host", "User-Agent", "Accept", "Connection", "connection", "CONNECTION",
               "X-aliyun-ecs-metadata-token", "x-aliyun-ecs-metadata-token",
-              "X-Forwarded-For", "Expect", "X-Token", "Accept-Encoding"]
-BAD_NAMES = ["Content-Length", "Transfer-Encoding", "Upgrade", "Proxy-Connection",
-             "X-aliyun-ecs-metadata-token-ttl-seconds", "Bad Name", "", "Host:", "Hé"]
+              "X-aliyun-ecs-metadata-token-ttl-seconds", "X-Forwarded-For", "Forwarded",
+              "Expect", "X-Token", "Accept-Encoding", "Content-Length"]
+BAD_NAMES = ["Transfer-Encoding", "Upgrade", "Proxy-Connection",
+             "X-aliyun-ecs-metadata-token-x", "Bad Name", "", "Host:", "Hé"]
 GOOD_VALUES = ["x", "close", "Close", "keep-alive", "Keep-Alive", "0", "100-continue",
                "a" * 64, "AAAA-_zz09", "127.0.0.1:8080", "*/*", "gzip, deflate"]
 BAD_VALUES = ["upgrade", "close, keep-alive", "chunked", " x", "x ", "\tx", "a\tb", "é",
               "a\x00b", "", "  two spaces", "a\rb", "a\nb"]
+WELL_KNOWN = ["X-aliyun-ecs-metadata-token-ttl-seconds: 21600", "Content-Length: 0",
+              "content-length:0", "Connection: close", "Connection: keep-alive",
+              "X-aliyun-ecs-metadata-token: AAAAAQ-_x", "Host: 100.100.100.200",
+              "X-Forwarded-For: 10.0.0.1"]
 SEPARATORS = [": ", ": ", ": ", ":", ":", ":  ", " : ", ":\t"]
 SAFE_TARGET = st.from_regex(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]{0,20}", fullmatch=True)
 
@@ -104,8 +116,9 @@ def mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any]) -> st.Sear
 
 @st.composite
 def requests(draw: st.DrawFn) -> bytes:
-    method = draw(mostly(st.just("GET"), st.sampled_from(["HEAD", "PUT", "get", "GETX", ""])))
-    target = draw(mostly(SAFE_TARGET, st.one_of(
+    method = draw(mostly(st.sampled_from(["GET", "GET", "PUT"]),
+                         st.sampled_from(["HEAD", "POST", "get", "GETX", ""])))
+    target = draw(mostly(st.one_of(SAFE_TARGET, st.just("/latest/api/token")), st.one_of(
         st.sampled_from(["/latest/meta-data/tags/instance/a?b", "/x#y", "/a%2Fb", "*", "",
                          "http://100.100.100.200/latest/", "/a b"]),
         st.text(max_size=12).map(lambda t: "/" + t))))
@@ -113,7 +126,8 @@ def requests(draw: st.DrawFn) -> bytes:
         ["HTTP/1.0", "HTTP/2.0", "http/1.1", "HTTP/1.1 ", "HTTP/1.10"])))
     eol = draw(mostly(st.just("\r\n"), st.just("\n")))
     lines = [f"{method} {target} {version}"]
-    for _ in range(draw(st.integers(0, 4))):
+    lines += draw(st.lists(st.sampled_from(WELL_KNOWN), max_size=3))
+    for _ in range(draw(st.integers(0, 3))):
         name = draw(mostly(st.one_of(st.sampled_from(GOOD_NAMES),
                                      st.from_regex(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,8}",
                                                    fullmatch=True)),
@@ -130,11 +144,11 @@ def requests(draw: st.DrawFn) -> bytes:
 @given(requests())
 @example(b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n")
 @example(b"GET / HTTP/1.1\r\nX-aliyun-ecs-metadata-token:  t\r\n\r\n")
-def test_simple_get_agrees_with_httptools(data: bytes) -> None:
+def test_simple_request_agrees_with_httptools(data: bytes) -> None:
     try:
         assert_same_as_httptools(data)
     except httptools.HttpParserError as exc:
-        raise AssertionError(f"simple_get accepted what httptools refuses: {exc}") from None
+        raise AssertionError(f"simple_request accepted what httptools refuses: {exc}") from None
 
 
 TOKEN = "AAAAAQBpzRq8" + "x" * 52
@@ -151,12 +165,20 @@ COMMON = [
     b"Connection: close\r\n\r\n",
     b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\n"
     b"x-aliyun-ecs-metadata-token:" + TOKEN.encode() + b"\r\n\r\n",
+    # token PUTs: curl, python-requests (Content-Length: 0), the Node SDK (lower case)
+    b"PUT /latest/api/token HTTP/1.1\r\nHost: 100.100.100.200\r\nUser-Agent: curl/7.88.1\r\n"
+    b"Accept: */*\r\nX-aliyun-ecs-metadata-token-ttl-seconds: 21600\r\n\r\n",
+    b"PUT /latest/api/token HTTP/1.1\r\nHost: 100.100.100.200\r\nUser-Agent: Cloud-Init/23.1\r\n"
+    b"Accept-Encoding: gzip, deflate\r\nAccept: */*\r\nConnection: keep-alive\r\n"
+    b"X-aliyun-ecs-metadata-token-ttl-seconds: 21600\r\nContent-Length: 0\r\n\r\n",
+    b"PUT /latest/api/token HTTP/1.1\r\nx-aliyun-ecs-metadata-token-ttl-seconds: 21600\r\n"
+    b"host: 100.100.100.200\r\nConnection: close\r\n\r\n",
 ]
 
 
 @pytest.mark.parametrize("data", COMMON)
 def test_common_requests_take_the_fast_path(data: bytes) -> None:
-    assert simple_get(data, MAX_LINE, MAX_HEADERS) is not None
+    assert simple_request(data, MAX_LINE, MAX_HEADERS) is not None
     assert_same_as_httptools(data)
 
 
@@ -165,11 +187,17 @@ def test_common_requests_take_the_fast_path(data: bytes) -> None:
     b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n",  # pipelined
     b"GET / HTTP/1.0\r\n\r\n",
     b"HEAD / HTTP/1.1\r\n\r\n",
-    b"PUT /latest/api/token HTTP/1.1\r\nX-aliyun-ecs-metadata-token-ttl-seconds: 5\r\n\r\n",
+    b"PUT /latest/api/token HTTP/1.1\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
+    b"PUT /latest/api/token HTTP/1.1\r\nforwarded: for=10.0.0.1\r\n\r\n",
+    b"PUT /latest/api/token/ HTTP/1.1\r\n\r\n",
+    b"PUT /latest/meta-data/ HTTP/1.1\r\n\r\n",
+    b"PUT /latest/api/token HTTP/1.1\r\nContent-Length: 2\r\n\r\nab",
+    b"PUT /latest/api/token HTTP/1.1\r\nContent-Length: 00\r\n\r\n",
+    b"PUT /latest/api/token HTTP/1.1\r\nX-aliyun-ecs-metadata-token-ttl: 5\r\n\r\n",
     b"GET /latest/meta-data/?x=1 HTTP/1.1\r\n\r\n",
     b"GET /latest/meta-data/%69nstance-id HTTP/1.1\r\n\r\n",
     b"GET http://100.100.100.200/latest/ HTTP/1.1\r\n\r\n",
-    b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
     b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
     b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
     b"GET / HTTP/1.1\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n",
@@ -180,21 +208,21 @@ def test_common_requests_take_the_fast_path(data: bytes) -> None:
     b"GET / HTTP/1.1\nHost: x\n\n",
 ])
 def test_everything_else_goes_to_the_parser(data: bytes) -> None:
-    assert simple_get(data, MAX_LINE, MAX_HEADERS) is None
+    assert simple_request(data, MAX_LINE, MAX_HEADERS) is None
 
 
 def test_limits_send_requests_to_the_parser() -> None:
     data = COMMON[1]
-    assert simple_get(data, len("/latest/meta-data/"), MAX_HEADERS) is not None
-    assert simple_get(data, len("/latest/meta-data/") - 1, MAX_HEADERS) is None
-    assert simple_get(data, MAX_LINE, 64) is None
+    assert simple_request(data, len("/latest/meta-data/"), MAX_HEADERS) is not None
+    assert simple_request(data, len("/latest/meta-data/") - 1, MAX_HEADERS) is None
+    assert simple_request(data, MAX_LINE, 64) is None
 
 
 def test_simple_requests_are_remembered_within_bounds() -> None:
     known = SimpleRequests(MAX_LINE, MAX_HEADERS)
     for data in [*COMMON, b"HEAD / HTTP/1.1\r\n\r\n"]:
-        assert known.get(data) == simple_get(data, MAX_LINE, MAX_HEADERS)
-        assert known.get(data) == simple_get(data, MAX_LINE, MAX_HEADERS)
+        assert known.get(data) == simple_request(data, MAX_LINE, MAX_HEADERS)
+        assert known.get(data) == simple_request(data, MAX_LINE, MAX_HEADERS)
     for n in range(SimpleRequests.SIZE + 10):
         known.get(b"GET /%d HTTP/1.1\r\n\r\n" % n)
     assert len(known._known) <= SimpleRequests.SIZE
@@ -338,11 +366,29 @@ def test_fast_and_parsed_requests_write_the_same_bytes(
     data = (f"GET {path} HTTP/1.1\r\nHost: 100.100.100.200\r\n"
             + (f"X-aliyun-ecs-metadata-token: {token}\r\n" if with_token else "")
             + ("Connection: close\r\n" if close else "") + "\r\n").encode()
-    assert simple_get(data, MAX_LINE, MAX_HEADERS) is not None
+    assert simple_request(data, MAX_LINE, MAX_HEADERS) is not None
     fast = exchange(snap, [data], monkeypatch)
     parsed = exchange(snap, [data[:7], data[7:]], monkeypatch)  # split: the parser's
     assert fast == parsed
     assert fast[0].startswith(b"HTTP/1.1 ") and fast[1] == close
+
+
+@pytest.mark.parametrize("ttl", ["21600", "1", "0", "21601", "x", None])
+@pytest.mark.parametrize("length", [False, True])
+@pytest.mark.parametrize("close", [False, True])
+def test_fast_and_parsed_token_puts_write_the_same_bytes(
+        ttl: str | None, length: bool, close: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokens.os, "urandom", lambda n: b"\x01" * n)  # the same token twice
+    snap = SNAPSHOTS["demo fleet"]
+    data = ("PUT /latest/api/token HTTP/1.1\r\nHost: 100.100.100.200\r\n"
+            + (f"X-aliyun-ecs-metadata-token-ttl-seconds: {ttl}\r\n" if ttl else "")
+            + ("Content-Length: 0\r\n" if length else "")
+            + ("Connection: close\r\n" if close else "") + "\r\n").encode()
+    assert simple_request(data, MAX_LINE, MAX_HEADERS) is not None
+    fast = exchange(snap, [data], monkeypatch)
+    parsed = exchange(snap, [data[:7], data[7:]], monkeypatch)
+    assert fast == parsed
+    assert fast[0].startswith(b"HTTP/1.1 200 " if ttl in ("21600", "1") else b"HTTP/1.1 400 ")
 
 
 def test_render_leaf_is_render_response(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,12 +1,13 @@
 """One HTTP/1.1 connection from an instance: parse, resolve, write — in order.
 
-Nearly every request an instance sends is the same shape: one `GET /latest/…` with a few
-plain headers, arriving whole in one read. Such a request is recognised by `simple_get`
-from its bytes alone and answered by `resolve_get`, a static leaf going out as bytes
-already rendered; anything else (a PUT, a request split across reads or pipelined, a header
-httptools would treat specially, a limit broken) goes through httptools and `resolve`.
-`simple_get` only says yes where httptools would have read the same method, target, token
-and keep-alive, and nothing else that matters (tests/test_fastpath.py).
+Nearly every request an instance sends is the same shape: one `GET /latest/…` (or a token
+PUT) with a few plain headers, arriving whole in one read. Such a request is recognised by
+`simple_request` from its bytes alone (and remembered: the same bytes come again and
+again); a GET is answered by `resolve_get`, a static leaf going out as bytes already
+rendered. Anything else (a request split across reads or pipelined, a header httptools would
+act on, a limit broken) goes through httptools and `resolve`. `simple_request` only says
+yes where httptools would have read the same method, target, token, TTL and keep-alive, and
+nothing else that matters (tests/test_fastpath.py).
 
 Every request is answered as soon as it is complete, so pipelined requests are answered in
 order without buffering. The caller is identified from the listener's VPC and the peer
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from ..access import TOKEN_HEADER, TTL_HEADER
 from ..catalogue import Leaf, Rendered
 from ..resolve import REASONS, Request, Response, error, resolve, resolve_get
 from ..snapshot import Snapshot, normalise_ip
@@ -98,31 +100,44 @@ _SIMPLE_TARGET = re.compile(rb"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*")
 # Header lines "Name: value" (one optional space), visible ASCII only, no trailing space.
 _SIMPLE_HEADERS = re.compile(
     rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+: ?[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?\r\n)*")
-# Headers llhttp itself acts on (framing, upgrade, persistence): the parser handles those.
-_FRAMING = (b"\ncontent-length:", b"\ntransfer-encoding:", b"\nupgrade:",
-            b"\nproxy-connection:")
+# Headers llhttp itself acts on (framing, upgrade, persistence): the parser handles those,
+# but for a `Content-Length: 0` (what many clients send with a PUT) and `Connection`.
+_FRAMING = (b"\ntransfer-encoding:", b"\nupgrade:", b"\nproxy-connection:")
+_LENGTH = b"\ncontent-length:"
 _CONNECTION = b"\nconnection:"
-_TOKEN = b"\nx-aliyun-ecs-metadata-token"
-_TOKEN_COLON = _TOKEN + b":"
+_TOKENS = b"\nx-aliyun-ecs-metadata-token"  # the token and its TTL, and nothing else like them
+_TOKEN = _TOKENS + b":"
+_TTL = _TOKENS + b"-ttl-seconds:"
+# A token PUT through a proxy is refused (SPEC §4.1): the parser's path says so.
+_PROXIED = (b"\nx-forwarded-for:", b"\nforwarded:")
+_PUT_TARGET = b"/latest/api/token"
+
+# (method, target, token, TTL, keep-alive): what resolve needs of a simple request.
+Simple = tuple[str, str, str | None, str | None, bool]
 
 
-def simple_get(data: bytes, max_target: int, max_headers: int
-               ) -> tuple[str, str | None, bool] | None:
-    """(target, token or None, keep-alive) when `data` is exactly one complete
-    `GET <target> HTTP/1.1` request of the common shape; None for anything else."""
-    if data[:5] != b"GET /":
+def simple_request(data: bytes, max_target: int, max_headers: int) -> Simple | None:
+    """What matters of `data` when it is exactly one complete `GET <target> HTTP/1.1` or
+    `PUT /latest/api/token HTTP/1.1` of the common shape; None for anything else."""
+    if data[:5] == b"GET /":
+        method, target_start = "GET", 4
+    elif data[:5] == b"PUT /":
+        method, target_start = "PUT", 4
+    else:
         return None
     end = data.find(b"\r\n\r\n")
     if end != len(data) - 4:
         return None  # incomplete, pipelined, or with a body
     line_end = data.find(b"\r\n")
     target_end = line_end - 9
-    if (data[target_end:line_end] != b" HTTP/1.1" or target_end - 4 > max_target
-            or not _SIMPLE_TARGET.fullmatch(data, 4, target_end)):
+    if (data[target_end:line_end] != b" HTTP/1.1" or target_end - target_start > max_target
+            or not _SIMPLE_TARGET.fullmatch(data, target_start, target_end)):
         return None
-    target = data[4:target_end].decode("ascii")
+    if method == "PUT" and data[target_start:target_end] != _PUT_TARGET:
+        return None
+    target = data[target_start:target_end].decode("ascii")
     if line_end == end:
-        return target, None, True
+        return method, target, None, None, True
     if end - line_end > max_headers // 2 or not _SIMPLE_HEADERS.fullmatch(
             data, line_end + 2, end + 2):
         return None
@@ -130,28 +145,38 @@ def simple_get(data: bytes, max_target: int, max_headers: int
     for name in _FRAMING:
         if name in low:
             return None
+    if method == "PUT":
+        for name in _PROXIED:
+            if name in low:
+                return None
+    values = []
+    for name in (_LENGTH, _CONNECTION, _TOKEN, _TTL):
+        at = low.find(name)
+        if at < 0:
+            values.append(None)
+            continue
+        if low.find(name, at + 1) >= 0:
+            return None  # twice
+        start = line_end + at + len(name)
+        values.append(data[start:line_end + low.index(b"\r", at)].lstrip(b" "))
+    length, connection, token, ttl = values
+    if low.count(_TOKENS) != (token is not None) + (ttl is not None):
+        return None  # some other x-aliyun-ecs-metadata-token… header
+    if length is not None and length != b"0":
+        return None
     keep_alive = True
-    at = low.find(_CONNECTION)
-    if at >= 0:
-        if low.find(_CONNECTION, at + 1) >= 0:
-            return None
-        value = low[at + len(_CONNECTION):low.index(b"\r", at)].lstrip(b" ")
-        if value == b"close":
+    if connection is not None:
+        connection = connection.lower()
+        if connection == b"close":
             keep_alive = False
-        elif value != b"keep-alive":
+        elif connection != b"keep-alive":
             return None
-    token = None
-    at = low.find(_TOKEN)
-    if at >= 0:
-        if not low.startswith(_TOKEN_COLON, at) or low.find(_TOKEN, at + 1) >= 0:
-            return None
-        start = line_end + at + len(_TOKEN_COLON)
-        token = data[start:line_end + low.index(b"\r", at)].decode("latin-1").lstrip(" ")
-    return target, token, keep_alive
+    return (method, target, None if token is None else token.decode("latin-1"),
+            None if ttl is None else ttl.decode("latin-1"), keep_alive)
 
 
 class SimpleRequests:
-    """`simple_get`, remembered: the same request bytes come again and again (a client polling
+    """`simple_request`, remembered: the same request bytes come again and again (a client polling
     one path, every instance of a fleet running the same agent, a token reused on a
     connection), and a dict lookup is much cheaper than looking at them again."""
 
@@ -163,13 +188,13 @@ class SimpleRequests:
     def __init__(self, max_target: int, max_headers: int) -> None:
         self.max_target = max_target
         self.max_headers = max_headers
-        self._known: dict[bytes, tuple[str, str | None, bool] | None] = {}
+        self._known: dict[bytes, Simple | None] = {}
 
-    def get(self, data: bytes) -> tuple[str, str | None, bool] | None:
+    def get(self, data: bytes) -> Simple | None:
         known = self._known.get(data, _UNKNOWN)
         if known is not _UNKNOWN:
             return known  # type: ignore[return-value]
-        found = simple_get(data, self.max_target, self.max_headers)
+        found = simple_request(data, self.max_target, self.max_headers)
         if len(data) <= self.LONGEST:
             if len(self._known) >= self.SIZE:
                 self._known.clear()
@@ -191,23 +216,28 @@ class HttpConnection(asyncio.Protocol):
         self.parser: httptools.HttpRequestParser | None = None  # made when first needed
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
-        self._url = b""
-        self._headers: dict[str, str] = {}
-        self._header_size = 0
-        self._body_size = 0
-        self._method = ""
+        # The parser's request (_url, _headers, _header_size, _body_size, _method) is set
+        # by on_message_begin: a connection that never needs the parser never makes them.
+        self._url: bytes
+        self._headers: dict[str, str]
+        self._header_size: int
+        self._body_size: int
+        self._method: str
         self._closing = False
         self._busy = False  # the parser is inside a request
         self._hop_limited = False
         self._snapshot: Snapshot | None = None  # the caller, as found in this snapshot
-        self._caller: Rendered | None = None
+        self._caller: Rendered | None
         self.deadline = 0.0
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         peer = transport.get_extra_info("peername")
-        self.peer_ip = normalise_ip(peer[0]) if peer else ""
+        if peer:
+            # The kernel writes an IPv4 address canonically; IPv6 may need normalising.
+            ip = peer[0]
+            self.peer_ip = ip if ":" not in ip else normalise_ip(ip)
         self.deadline = time.monotonic() + self.plane.limits.idle_timeout
         self.plane.connections.add(self)
 
@@ -250,6 +280,7 @@ class HttpConnection(asyncio.Protocol):
         if self._closing:  # a request pipelined behind one that closed the connection
             raise _Reject(400)
         self._busy = True
+        self._method = ""
         self._url = b""
         self._headers = {}
         self._header_size = 0
@@ -299,13 +330,22 @@ class HttpConnection(asyncio.Protocol):
             self._snapshot = snap
         return self._caller
 
-    def _answer_simple(self, target: str, token: str | None, keep_alive: bool) -> None:
+    def _answer_simple(self, method: str, target: str, token: str | None, ttl: str | None,
+                       keep_alive: bool) -> None:
         plane = self.plane
         snap = plane.snapshot
         now = time.time()
         limiter = plane.limiter
-        answer = resolve_get(target, token, self._identify(snap), snap, now,
-                             limiter if limiter.rate else None)
+        answer: Leaf | Response
+        if method == "GET":
+            answer = resolve_get(target, token, self._identify(snap), snap, now,
+                                 limiter if limiter.rate else None)
+        else:
+            headers = {} if ttl is None else {TTL_HEADER: ttl}
+            if token is not None:
+                headers[TOKEN_HEADER] = token
+            answer = resolve(Request(method, target, "", headers), self._identify(snap), snap,
+                             now, limiter)
         if answer.__class__ is Leaf:
             if self.transport is not None:
                 self.transport.write(render_leaf(answer, now, keep_alive))  # type: ignore[arg-type]
