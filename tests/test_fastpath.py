@@ -221,11 +221,13 @@ def test_limits_send_requests_to_the_parser() -> None:
 def test_simple_requests_are_remembered_within_bounds() -> None:
     known = SimpleRequests(MAX_LINE, MAX_HEADERS)
     for data in [*COMMON, b"HEAD / HTTP/1.1\r\n\r\n"]:
-        assert known.get(data) == simple_request(data, MAX_LINE, MAX_HEADERS)
-        assert known.get(data) == simple_request(data, MAX_LINE, MAX_HEADERS)
+        assert known[data] == simple_request(data, MAX_LINE, MAX_HEADERS)
+        assert data in known and known[data] == simple_request(data, MAX_LINE, MAX_HEADERS)
+    long = b"GET /" + b"a" * SimpleRequests.LONGEST + b" HTTP/1.1\r\n\r\n"
+    assert known[long] is not None and long not in known
     for n in range(SimpleRequests.SIZE + 10):
-        known.get(b"GET /%d HTTP/1.1\r\n\r\n" % n)
-    assert len(known._known) <= SimpleRequests.SIZE
+        assert known[b"GET /%d HTTP/1.1\r\n\r\n" % n] is not None
+    assert len(known) <= SimpleRequests.SIZE
 
 
 # --- resolve_get against resolve ----------------------------------------------------------

@@ -41,7 +41,9 @@ class _Reject(Exception):
         self.status = status
 
 
-_date_cache: tuple[int, bytes] = (0, b"")
+# The Date header line of the current second, made once per second.
+_date_second = 0
+_date = b""
 
 
 def http_date() -> bytes:
@@ -50,34 +52,48 @@ def http_date() -> bytes:
 
 
 def _date_line(now: float) -> bytes:
-    global _date_cache
+    global _date_second, _date
     second = int(now)
-    if _date_cache[0] != second:
-        _date_cache = (second, b"Date: %s\r\n" % formatdate(second, usegmt=True).encode())
-    return _date_cache[1]
+    if second != _date_second:
+        _date = b"Date: %s\r\n" % formatdate(second, usegmt=True).encode()
+        _date_second = second
+    return _date
 
 
 _KEEP = b"\r\n"
 _CLOSE = b"Connection: close\r\n\r\n"
-_heads: dict[tuple[bytes, int], bytes] = {}
 
 
-def _head(content_type: bytes, length: int) -> bytes:
-    """Status line, Content-Type and Content-Length of a 200: few distinct ones, kept."""
-    key = (content_type, length)
-    head = _heads.get(key)
-    if head is None:
-        if len(_heads) >= 4096:
-            _heads.clear()
-        head = _heads[key] = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
-            content_type, length)
-    return head
+class _Heads(dict[int, bytes]):
+    """Content length → status line, Content-Type and Content-Length of a 200, made once."""
+
+    __slots__ = ("content_type",)
+
+    def __init__(self, content_type: bytes) -> None:
+        super().__init__()
+        self.content_type = content_type
+
+    def __missing__(self, length: int) -> bytes:
+        if len(self) >= 4096:
+            self.clear()
+        head = self[length] = (b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+                               % (self.content_type, length))
+        return head
+
+
+class _HeadsByType(dict[bytes, _Heads]):
+    def __missing__(self, content_type: bytes) -> _Heads:
+        heads = self[content_type] = _Heads(content_type)
+        return heads
+
+
+_heads = _HeadsByType()
 
 
 def render_leaf(leaf: Leaf, now: float, keep_alive: bool) -> bytes:
     """A 200 with a static leaf: the same bytes as `render_response` would make of it."""
     body = leaf.body
-    return b"".join((_head(leaf.content_type, len(body)), _date_line(now),
+    return b"".join((_heads[leaf.content_type][len(body)], _date_line(now),
                      _KEEP if keep_alive else _CLOSE, body))
 
 
@@ -175,34 +191,28 @@ def simple_request(data: bytes, max_target: int, max_headers: int) -> Simple | N
             None if ttl is None else ttl.decode("latin-1"), keep_alive)
 
 
-class SimpleRequests:
-    """`simple_request`, remembered: the same request bytes come again and again (a client polling
-    one path, every instance of a fleet running the same agent, a token reused on a
-    connection), and a dict lookup is much cheaper than looking at them again."""
+class SimpleRequests(dict[bytes, Simple | None]):
+    """Request bytes → `simple_request` of them, remembered: the same bytes come again and
+    again (a client polling one path, every instance of a fleet running the same agent, a
+    token reused on a connection), and a dict lookup is much cheaper than looking again."""
 
-    __slots__ = ("_known", "max_headers", "max_target")
+    __slots__ = ("max_headers", "max_target")
 
     SIZE = 4096  # requests remembered; past it the memory starts over
     LONGEST = 512  # longer requests are looked at every time
 
     def __init__(self, max_target: int, max_headers: int) -> None:
+        super().__init__()
         self.max_target = max_target
         self.max_headers = max_headers
-        self._known: dict[bytes, Simple | None] = {}
 
-    def get(self, data: bytes) -> Simple | None:
-        known = self._known.get(data, _UNKNOWN)
-        if known is not _UNKNOWN:
-            return known  # type: ignore[return-value]
+    def __missing__(self, data: bytes) -> Simple | None:
         found = simple_request(data, self.max_target, self.max_headers)
         if len(data) <= self.LONGEST:
-            if len(self._known) >= self.SIZE:
-                self._known.clear()
-            self._known[data] = found
+            if len(self) >= self.SIZE:
+                self.clear()
+            self[data] = found
         return found
-
-
-_UNKNOWN = object()
 
 
 class HttpConnection(asyncio.Protocol):
@@ -249,9 +259,34 @@ class HttpConnection(asyncio.Protocol):
         if self._closing:
             return
         if not self._busy:
-            simple = self.plane.simple_requests.get(data)
+            plane = self.plane
+            simple = plane.simple_requests[data]
             if simple is not None:
-                self._answer_simple(*simple)
+                method, target, token, ttl, keep_alive = simple
+                if method != "GET":
+                    self._answer_put(method, target, token, ttl, keep_alive)
+                    return
+                # The common case, inline: every call saved here is saved on every request.
+                snap = plane.snapshot
+                caller = self._caller if snap is self._snapshot else self._identify(snap)
+                now = time.time()
+                limiter = plane.limiter
+                answer = resolve_get(target, token, caller, snap, now,
+                                     limiter if limiter.rate else None)
+                transport = self.transport
+                if answer.__class__ is Leaf and transport is not None:
+                    body = answer.body  # type: ignore[union-attr]
+                    transport.write(b"".join((
+                        _heads[answer.content_type][len(body)],  # type: ignore[union-attr]
+                        _date if int(now) == _date_second else _date_line(now),
+                        _KEEP if keep_alive else _CLOSE, body)))
+                    plane.stats.responses[200] += 1
+                else:
+                    self._write(answer, keep_alive, False)  # type: ignore[arg-type]
+                if keep_alive:
+                    self.deadline = time.monotonic() + plane.limits.idle_timeout
+                else:
+                    self._close()
                 return
         parser = self.parser
         if parser is None:
@@ -330,28 +365,15 @@ class HttpConnection(asyncio.Protocol):
             self._snapshot = snap
         return self._caller
 
-    def _answer_simple(self, method: str, target: str, token: str | None, ttl: str | None,
-                       keep_alive: bool) -> None:
+    def _answer_put(self, method: str, target: str, token: str | None, ttl: str | None,
+                    keep_alive: bool) -> None:
+        headers = {} if ttl is None else {TTL_HEADER: ttl}
+        if token is not None:
+            headers[TOKEN_HEADER] = token
         plane = self.plane
         snap = plane.snapshot
-        now = time.time()
-        limiter = plane.limiter
-        answer: Leaf | Response
-        if method == "GET":
-            answer = resolve_get(target, token, self._identify(snap), snap, now,
-                                 limiter if limiter.rate else None)
-        else:
-            headers = {} if ttl is None else {TTL_HEADER: ttl}
-            if token is not None:
-                headers[TOKEN_HEADER] = token
-            answer = resolve(Request(method, target, "", headers), self._identify(snap), snap,
-                             now, limiter)
-        if answer.__class__ is Leaf:
-            if self.transport is not None:
-                self.transport.write(render_leaf(answer, now, keep_alive))  # type: ignore[arg-type]
-                plane.stats.responses[200] += 1
-        else:
-            self._write(answer, keep_alive, False)  # type: ignore[arg-type]
+        self._write(resolve(Request(method, target, "", headers), self._identify(snap), snap,
+                            time.time(), plane.limiter), keep_alive, False)
         self._done(keep_alive)
 
     def _done(self, keep_alive: bool) -> None:
