@@ -192,7 +192,7 @@ def test_content_types(rich: Rendered) -> None:
     types = {p: e.content_type for p, e in rich.entries.items() if isinstance(e, Leaf)}
     assert types.pop("meta-data/all") == JSON
     assert types.pop("dynamic/instance-identity/document") == JSON
-    assert types.pop("maintenance/active-system-events") == JSON
+    assert types.pop("maintenance/active-system-events") == TEXT
     assert types.pop("user-data") == OCTET
     assert types.pop("vendor-data") == OCTET
     assert set(types.values()) == {TEXT}

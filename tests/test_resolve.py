@@ -163,7 +163,7 @@ def test_listing_format() -> None:
 def test_content_types() -> None:
     assert get("/latest/meta-data/all").content_type == JSON
     assert get("/latest/dynamic/instance-identity/document").content_type == JSON
-    assert get("/latest/maintenance/active-system-events").content_type == JSON
+    assert get("/latest/maintenance/active-system-events").content_type == TEXT
     assert get(f"/latest/meta-data/ram/security-credentials/{ROLE}").content_type == JSON
     assert get("/latest/user-data").content_type == OCTET
     assert get("/latest/vendor-data").content_type == OCTET

@@ -335,7 +335,8 @@ def render(e: Effective, pool: Pool | None = None) -> Rendered:
     }
     if inst.events:
         events = json.dumps([ev.to_doc() for ev in inst.events], separators=(",", ":"))
-        tree["maintenance"] = {"active-system-events": pool.leaf(events.encode(), JSON)}
+        # SPEC §2: text/plain like every item but `all`, credentials and the document.
+        tree["maintenance"] = {"active-system-events": pool.leaf(events.encode(), TEXT)}
     if inst.user_data is not None:
         tree["user-data"] = pool.leaf(inst.user_data, OCTET)
     if inst.vendor_data is not None:

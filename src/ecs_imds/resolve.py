@@ -77,7 +77,7 @@ def resolve(req: Request, caller: Rendered | None, snap: Snapshot, now: float,
     if rest == TOKEN_PATH:
         if version == "latest":
             return _token(req.method, headers, caller, snap, int(now))
-        if req.method == "PUT":
+        if version == VERSIONS[0] and req.method == "PUT":  # only latest issues tokens (AWS)
             return error(403)
     if req.method not in ("GET", "HEAD"):
         return error(405, _ALLOW_READ)
