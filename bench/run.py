@@ -6,8 +6,8 @@ Part 1 runs each case of issue 5 against ecs-imds and against nginx serving the 
 as static files (same paths, same content types), each server on core 0 with one worker,
 wrk on core 1, all on loopback. Each case is run in `rounds` rounds of `seconds` seconds,
 ecs-imds and nginx taking turns, and the best round of each counts (the machine may be
-shared; interference only ever makes a round slower). Then keep-alive GETs are paced at
-about half the best rate to read p99 there.
+shared; interference only ever makes a round slower), and the servers' CPU time per request
+is read from /proc. Then p99 is read at about half the best rate of keep-alive GETs.
 
 Part 2 builds fleets of synthetic instances (bench/fleetgen.py) in a SQLite store and
 measures, in a fresh process, the snapshot build (bench/scale.py), the resident memory

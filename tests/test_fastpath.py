@@ -342,12 +342,13 @@ class Plane:
         self.stats.count(status)
 
 
-def exchange(snap: Snapshot, chunks: list[bytes], monkeypatch: pytest.MonkeyPatch
-             ) -> tuple[bytes, bool]:
+def exchange(snap: Snapshot, chunks: list[bytes], monkeypatch: pytest.MonkeyPatch,
+             who: str = HARDENED_DEMO) -> tuple[bytes, bool]:
+    """What a connection from `who` writes for `chunks`, read one after another."""
     monkeypatch.setattr(http.time, "time", lambda: float(NOW))
     from ecs_imds.dataplane.server import ListenerState
 
-    listener = ListenerState(DEMO_VPC, {"127.0.0.1": HARDENED_DEMO})
+    listener = ListenerState(DEMO_VPC, {"127.0.0.1": who})
     conn = HttpConnection(Plane(snap), listener)  # type: ignore[arg-type]
     transport = Transport()
     conn.connection_made(transport)  # type: ignore[arg-type]

@@ -216,13 +216,18 @@ class SimpleRequests(dict[bytes, Simple | None]):
 
 
 class HttpConnection(asyncio.Protocol):
-    __slots__ = ("_body_size", "_busy", "_caller", "_closing", "_header_size", "_headers",
-                 "_hop_limited", "_method", "_snapshot", "_url", "deadline", "listener",
-                 "parser", "peer_ip", "plane", "transport")
+    __slots__ = ("_body_size", "_busy", "_caller", "_closing", "_first", "_header_size",
+                 "_headers", "_hop_limited", "_method", "_snapshot", "_unsent", "_url",
+                 "deadline", "listener", "parser", "peer_ip", "plane", "transport")
 
-    def __init__(self, plane: DataPlane, listener: ListenerState) -> None:
+    def __init__(self, plane: DataPlane, listener: ListenerState, first: bytes = b"",
+                 unsent: bytes = b"") -> None:
+        """`first`: bytes already read from the connection (dataplane.accept read them);
+        `unsent`: the end of an answer already begun, to write before closing."""
         self.plane = plane
         self.listener = listener
+        self._first = first
+        self._unsent = unsent
         self.parser: httptools.HttpRequestParser | None = None  # made when first needed
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
@@ -250,6 +255,13 @@ class HttpConnection(asyncio.Protocol):
             self.peer_ip = ip if ":" not in ip else normalise_ip(ip)
         self.deadline = time.monotonic() + self.plane.limits.idle_timeout
         self.plane.connections.add(self)
+        if self._unsent:
+            transport.write(self._unsent)  # type: ignore[attr-defined]
+            self._unsent = b""
+            self._close()
+        elif self._first:
+            first, self._first = self._first, b""
+            self.data_received(first)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.plane.connections.discard(self)

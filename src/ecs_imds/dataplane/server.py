@@ -18,6 +18,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from ..config import Limits, Listener
 from ..ratelimit import RateLimiter
 from ..snapshot import Snapshot
+from .accept import accept_ready
 from .http import HttpConnection, SimpleRequests
 from .proxied import ProxiedConnection
 from .stats import Stats
@@ -26,6 +27,8 @@ log = logging.getLogger("ecs_imds.dataplane")
 
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 LISTEN_BACKLOG = 4096
+# Seconds a connection may stay silent before it is accepted all the same (dataplane.accept).
+DEFER_ACCEPT = 1
 
 
 def _settle() -> None:
@@ -52,6 +55,8 @@ def bind_socket(listener: Listener, reuse_port: bool = False) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+    with contextlib.suppress(OSError, AttributeError):  # Linux: accept once data is there
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT)
     sock.bind((listener.host, listener.port))
     sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
@@ -67,6 +72,7 @@ class DataPlane:
         self.connections: set[HttpConnection] = set()
         self.stats = Stats()
         self.servers: list[asyncio.AbstractServer] = []
+        self.listening: list[socket.socket] = []  # the sockets accept_ready reads
         self._sweeper: asyncio.Task[None] | None = None
 
     def install(self, snapshot: Snapshot) -> None:
@@ -83,12 +89,15 @@ class DataPlane:
         for listener, sock in listeners:
             state = ListenerState(listener.vpc_id, listener.aliases, tuple(
                 ip_network(n) for n in listener.proxy_trusted or ()))
-            # Only a PROXY protocol listener pays for reading the header.
-            protocol = HttpConnection if listener.proxy_trusted is None else ProxiedConnection
-            server = await loop.create_server(
-                lambda state=state, protocol=protocol: protocol(self, state), sock=sock,
-                backlog=LISTEN_BACKLOG)
-            self.servers.append(server)
+            if listener.proxy_trusted is None:
+                sock.listen(LISTEN_BACKLOG)
+                loop.add_reader(sock.fileno(), accept_ready, self, sock, state, loop)
+                self.listening.append(sock)
+            else:  # only a PROXY protocol listener pays for reading the header
+                server = await loop.create_server(
+                    lambda state=state: ProxiedConnection(self, state), sock=sock,
+                    backlog=LISTEN_BACKLOG)
+                self.servers.append(server)
             log.info("data plane listening on %s for %s", listener.bind, listener.vpc_id)
         self._sweeper = asyncio.create_task(self._sweep())
         _settle()
@@ -104,6 +113,10 @@ class DataPlane:
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        loop = asyncio.get_running_loop()
+        for sock in self.listening:
+            loop.remove_reader(sock.fileno())
+            sock.close()
         for server in self.servers:
             server.close()
         for conn in list(self.connections):
