@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ecs_imds.dataplane")
 
 BATCH = 64  # connections accepted per readiness event, so that reading requests goes on too
-FIRST_READ = 65536
+FIRST_READ = 16384  # more than a request within the limits; the rest is read by the loop
 _DONTWAIT = socket.MSG_DONTWAIT
 
 
@@ -58,11 +58,15 @@ def accept_ready(plane: DataPlane, listening: socket.socket, listener: ListenerS
         if data == b"":  # closed before it asked anything
             sock.close()
             continue
-        peer = address[0] if address else ""
-        if ":" in peer:
-            peer = normalise_ip(peer)
-        if data is None or not answered(plane, listener, sock, peer, data, loop):
-            hand_over(plane, listener, sock, data or b"", b"", loop)
+        try:
+            peer = address[0] if address else ""
+            if ":" in peer:
+                peer = normalise_ip(peer)
+            if data is None or not answered(plane, listener, sock, peer, data, loop):
+                hand_over(plane, listener, sock, data or b"", b"", loop)
+        except Exception:  # a bug must cost one connection, not the descriptor or the batch
+            log.exception("connection from %s on %s failed", address, listener.vpc_id)
+            sock.close()
 
 
 def answered(plane: DataPlane, listener: ListenerState, sock: socket.socket, peer: str,
