@@ -217,11 +217,13 @@ def test_health_and_metrics(api: httpx.Client, server: ServerProcess) -> None:
     assert api.get("/healthz").json() == {"status": "ok"}
     ready = api.get("/readyz").json()
     assert ready["ready"] is True and ready["stale"] is False and ready["instances"] >= 3
-    get(server.port, "/latest/meta-data/instance-id")  # type: ignore[attr-defined]
+    port = server.port  # type: ignore[attr-defined]
+    get(port, "/latest/meta-data/instance-id")
+    get(port, "/latest/meta-data/ram/security-credentials/demo-ecs-role")
     text = api.get("/metrics").text
-    assert f"ecs_imds_snapshot_version {float(ready['version'])}" in text or \
-        "ecs_imds_snapshot_version" in text
+    assert "ecs_imds_snapshot_version " in text and "ecs_imds_snapshot_stale 0.0" in text
     assert 'ecs_imds_dataplane_responses_total{class="2xx",code="200"}' in text
+    assert 'ecs_imds_secret_answers_total{code="200",kind="credentials"}' in text
 
 
 def test_audit_log_says_who_changed_what_and_no_secret(api: httpx.Client,

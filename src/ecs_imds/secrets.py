@@ -8,8 +8,13 @@ operator gets the reason in the log, never the credential or the signature.
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Iterator
 from urllib.parse import unquote_to_bytes
 
+from prometheus_client.core import Metric
+
+from .api.metrics import counter
 from .catalogue import JSON, TEXT, Dynamic, Rendered
 from .credentials import CredentialError, Issuer, render
 from .identity import IdentitySigner, with_audience
@@ -50,14 +55,23 @@ class Secrets:
     def __init__(self, issuer: Issuer | None, signer: IdentitySigner) -> None:
         self.issuer = issuer
         self.signer = signer
+        self.answers: Counter[tuple[str, int]] = Counter()  # (kind, status) → how many
 
     def answer(self, entry: Dynamic, caller: Rendered, query: str,
                now: float) -> tuple[int, bytes, bytes]:
         if entry.kind == "credentials":
-            return self._credentials(entry.arg, caller, now)
-        if entry.kind == "pkcs7":
-            return self._pkcs7(caller, query)
-        return _NOT_FOUND
+            result = self._credentials(entry.arg, caller, now)
+        elif entry.kind == "pkcs7":
+            result = self._pkcs7(caller, query)
+        else:
+            result = _NOT_FOUND
+        self.answers[(entry.kind, result[0])] += 1
+        return result
+
+    def metrics(self) -> Iterator[Metric]:
+        yield counter("ecs_imds_secret_answers",
+                      "RAM credentials and identity signatures served, by status",
+                      ["kind", "code"], {(k, str(c)): n for (k, c), n in self.answers.items()})
 
     def _credentials(self, role: str, caller: Rendered, now: float
                      ) -> tuple[int, bytes, bytes]:

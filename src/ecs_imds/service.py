@@ -71,7 +71,7 @@ class Service:
             store=self.store, authority=self.authority,
             snapshot=lambda: self.plane.snapshot if self.plane else None,
             metrics=Metrics(lambda: self.plane.snapshot if self.plane else None,
-                            lambda: self.plane.stats if self.plane else None),
+                            lambda: [self.dynamic, *([self.plane.stats] if self.plane else [])]),
             audit=Audit(json_logger("ecs_imds.audit", self.config.audit_path)),
             issuer=self.dynamic.issuer)
         return create_app(ctx)

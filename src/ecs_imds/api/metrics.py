@@ -7,7 +7,7 @@ into metric families only when /metrics is asked for.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -19,16 +19,15 @@ from ..snapshot import Snapshot
 
 class Metrics:
     def __init__(self, snapshot: Callable[[], Snapshot | None],
-                 stats: Callable[[], Any]) -> None:
+                 sources: Callable[[], Iterable[Any]]) -> None:
         self.snapshot = snapshot
-        self.stats = stats
+        self.sources = sources
         self.registry = CollectorRegistry()
         self.registry.register(self)  # type: ignore[arg-type]
 
     def collect(self) -> Iterator[Metric]:
-        stats = self.stats()
-        if stats is not None:
-            yield from stats.metrics()
+        for source in self.sources():
+            yield from source.metrics()
         snap = self.snapshot()
         version = GaugeMetricFamily("ecs_imds_snapshot_version",
                                     "Store version the served snapshot was built from")
