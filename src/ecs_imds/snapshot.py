@@ -121,15 +121,94 @@ class Snapshot:
 
 def index(rendered: Iterable[tuple[Rendered | Deferred, Iterable[str]]]
           ) -> tuple[dict[tuple[str, str], Rendered | Deferred], dict[str, Rendered | Deferred]]:
-    """Index instances by (vpc, address) and by id; addresses are normalised."""
+    """Index instances by (vpc, address) and by id; addresses are normalised. When two
+    instances claim one address, the later one has it."""
+    by_address, by_id, _ = _index(rendered)
+    return by_address, by_id
+
+
+def _index(rendered: Iterable[tuple[Rendered | Deferred, Iterable[str]]]
+           ) -> tuple[dict[tuple[str, str], Rendered | Deferred], dict[str, Rendered | Deferred],
+                      bool]:
+    """`index`, and whether no address was claimed by two instances."""
     by_address: dict[tuple[str, str], Rendered | Deferred] = {}
     by_id: dict[str, Rendered | Deferred] = {}
+    clean = True
     for r, addresses in rendered:
         by_id[r.instance_id] = r
         vpc_id = r.vpc_id
         for ip in addresses:
-            by_address[(vpc_id, normalise_ip(ip))] = r
-    return by_address, by_id
+            key = (vpc_id, normalise_ip(ip))
+            if by_address.setdefault(key, r) is not r:
+                clean = False
+                by_address[key] = r
+    return by_address, by_id, clean
+
+
+Item = Rendered | Deferred
+# What a builder keeps of each instance, by id: (revision, rendered or deferred, addresses).
+Cached = tuple[int, Item, tuple[str, ...]]
+
+
+class Index:
+    """`index` kept up to date from one build to the next: only what changed is indexed again.
+
+    Indexing a fleet of 100,000 instances costs about 0.3 s of Python, on the event loop's
+    core, on every change; a change to a few instances costs milliseconds this way. `update`
+    finds what changed by identity (a builder keeps the entry of an unchanged instance),
+    patches copies of the previous dicts (the previous snapshot may still be serving them),
+    and gives dicts equal to what `index` would give (`by_id` in the same order). While two
+    instances claim one address (a store edited by hand), or when most of the fleet changed,
+    it indexes everything again, as `index` does.
+    """
+
+    __slots__ = ("_by_address", "_by_id", "_clean", "_items")
+
+    def __init__(self) -> None:
+        self._items: dict[str, Cached] = {}
+        self._by_address: dict[tuple[str, str], Item] = {}
+        self._by_id: dict[str, Item] = {}
+        self._clean = False  # no address claimed twice: patching gives what `index` gives
+
+    def update(self, cache: dict[str, Cached]
+               ) -> tuple[dict[tuple[str, str], Item], dict[str, Item]]:
+        """The indexes of `cache`, in its order."""
+        old = self._items
+        get = old.get  # a builder keeps the entry of an unchanged instance as it was
+        changed = [i for i, entry in cache.items() if get(i) is not entry]
+        added = sum(1 for i in changed if i not in old)
+        gone = [i for i in old if i not in cache] if len(old) + added > len(cache) else []
+        if changed or gone or not old:
+            patched = None
+            if self._clean and len(changed) + len(gone) <= len(cache) // 2:
+                patched = self._patch(cache, changed, gone)
+            if patched is None:
+                *patched, self._clean = _index((e[1], e[2]) for e in cache.values())
+            self._by_address, self._by_id = patched
+            self._items = dict(cache)
+        return self._by_address, self._by_id
+
+    def _patch(self, cache: dict[str, Cached], changed: list[str], gone: list[str]
+               ) -> tuple[dict[tuple[str, str], Item], dict[str, Item]] | None:
+        by_address, by_id = self._by_address.copy(), self._by_id.copy()
+        for iid in (*changed, *gone):
+            previous = self._items.get(iid)
+            if previous is None:
+                continue
+            _, item, addresses = previous
+            for ip in addresses:
+                key = (item.vpc_id, normalise_ip(ip))
+                if by_address.get(key) is item:
+                    del by_address[key]
+        for iid in gone:
+            del by_id[iid]
+        for iid in changed:
+            _, item, addresses = cache[iid]
+            by_id[iid] = item
+            for ip in addresses:
+                if by_address.setdefault((item.vpc_id, normalise_ip(ip)), item) is not item:
+                    return None  # claimed twice: `index` decides, by its order
+        return by_address, by_id
 
 
 # Dotted-quad IPv4 as ipaddress writes it (no leading zeros): already canonical.

@@ -20,7 +20,7 @@ from typing import Any
 from ..catalogue import Pool, Rendered, render
 from ..errors import ValidationError
 from ..model import FleetDefaults, Instance, effective
-from ..snapshot import Deferred, DynamicSource, Snapshot, index
+from ..snapshot import Deferred, DynamicSource, Index, Snapshot
 from ..tokens import KeyRing
 from .base import Change, Store, StoredInstance, Subscription
 
@@ -44,6 +44,7 @@ class SnapshotBuilder:
         self._cache: dict[str, tuple[int, Rendered | Deferred, tuple[str, ...]]] = {}
         self._pool = Pool()
         self._key_ring: KeyRing | None = None
+        self._index = Index()
 
     def build(self, changed: Collection[str] | None = None, version: int | None = None
               ) -> Snapshot:
@@ -77,7 +78,7 @@ class SnapshotBuilder:
             for gone in set(ids) - {s.instance_id for s in found}:
                 self._cache.pop(gone, None)
             self._render(found, len(found) > RENDER_AT_ONCE)
-        by_address, by_id = index((r, addrs) for _, r, addrs in self._cache.values())
+        by_address, by_id = self._index.update(self._cache)
         return Snapshot(version=version, by_address=by_address, by_id=by_id,
                         key_ring=self._keys(), dynamic=self.dynamic, built_at=time.time())
 

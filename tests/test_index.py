@@ -1,0 +1,62 @@
+"""snapshot.Index: patching the previous indexes gives what indexing everything gives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ecs_imds.snapshot import Index, index
+
+
+class Item:
+    """Stands for a rendered or deferred instance: an id, a VPC, an identity."""
+
+    def __init__(self, instance_id: str, vpc_id: str) -> None:
+        self.instance_id = instance_id
+        self.vpc_id = vpc_id
+
+
+IDS = [f"i-{n}" for n in range(8)]
+ADDRESSES = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "::ffff:10.0.0.5",
+             "2408::1", "2408:0:0::1", "10.0.0.6", "10.0.0.7"]
+
+steps = st.lists(st.tuples(
+    st.sampled_from(["put", "put", "put", "delete", "same"]),
+    st.sampled_from(IDS),
+    st.sampled_from(["vpc-a", "vpc-a", "vpc-b"]),
+    st.lists(st.sampled_from(ADDRESSES), min_size=1, max_size=3),
+), max_size=40)
+
+
+@settings(max_examples=500)
+@given(steps)
+def test_patched_indexes_are_the_indexes(operations: list[tuple[str, str, str, list[str]]]
+                                         ) -> None:
+    cache: dict[str, tuple[int, Any, tuple[str, ...]]] = {}
+    idx = Index()
+    for revision, (op, iid, vpc, addresses) in enumerate(operations):
+        if op == "put":
+            cache[iid] = (revision, Item(iid, vpc), tuple(addresses))
+        elif op == "delete":
+            cache.pop(iid, None)
+        by_address, by_id = idx.update(cache)
+        want_address, want_id = index((item, addrs) for _, item, addrs in cache.values())
+        assert by_address == want_address
+        assert list(by_id.items()) == list(want_id.items())
+
+
+def test_unchanged_fleet_keeps_its_indexes_and_old_snapshots_keep_theirs() -> None:
+    a, b = Item("i-a", "vpc-1"), Item("i-b", "vpc-1")
+    cache: dict[str, tuple[int, Any, tuple[str, ...]]] = {
+        "i-a": (1, a, ("10.0.0.1",)), "i-b": (1, b, ("10.0.0.2",))}
+    idx = Index()
+    first = idx.update(cache)
+    assert idx.update(dict(cache)) == first
+    assert idx.update(dict(cache))[0] is first[0]  # nothing changed: the same dicts
+    c = Item("i-a", "vpc-1")
+    cache["i-a"] = (2, c, ("10.0.0.3",))
+    by_address, _ = idx.update(cache)
+    assert by_address == {("vpc-1", "10.0.0.3"): c, ("vpc-1", "10.0.0.2"): b}
+    assert first[0] == {("vpc-1", "10.0.0.1"): a, ("vpc-1", "10.0.0.2"): b}  # untouched
