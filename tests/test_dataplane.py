@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -186,3 +187,32 @@ def test_rate_limit(tmp_path: Path) -> None:
     finally:
         srv.cleanup()
 
+
+
+def test_access_log_has_each_request_and_no_token(tmp_path: Path) -> None:
+    log_path = tmp_path / "access.log"
+    srv = _server(tmp_path, **{"access-log": str(log_path), "limits": {"rate": 0}})
+    try:
+        port = srv.port  # type: ignore[attr-defined]
+        _, _, token = get(port, "/latest/api/token", "127.0.0.2",
+                          {"X-aliyun-ecs-metadata-token-ttl-seconds": "60"}, method="PUT")
+        hdr = {"X-aliyun-ecs-metadata-token": token.decode()}
+        assert get(port, "/latest/meta-data/instance-id", "127.0.0.2", hdr)[0] == 200
+        assert get(port, "/latest/meta-data/nope?audience=x", "127.0.0.3")[0] == 404
+        raw = b"GET /latest/meta-data/region-id HTTP/1.1\r\nHost: x\r\n\r\n" * 2
+        assert [s for s, _, _ in split_responses(http(port, raw, timeout=1))] == [200, 200]
+        deadline = time.monotonic() + 10
+        while len(log_path.read_text().splitlines()) < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+        assert [(e["method"], e["path"], e["status"], e["instance-id"]) for e in lines] == [
+            ("PUT", "/latest/api/token", 200, HARDENED),
+            ("GET", "/latest/meta-data/instance-id", 200, HARDENED),
+            ("GET", "/latest/meta-data/nope", 404, SPOT),
+            ("GET", "/latest/meta-data/region-id", 200, WEB),
+            ("GET", "/latest/meta-data/region-id", 200, WEB)]
+        assert lines[1]["bytes"] == len(HARDENED) and lines[0]["peer"] == "127.0.0.2"
+        assert token.decode() not in log_path.read_text()
+    finally:
+        srv.cleanup()

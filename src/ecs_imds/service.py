@@ -106,7 +106,10 @@ class Service:
         sockets = [bind_socket(lst, reuse_port=self.config.workers > 1) for lst in listeners]
         builder = SnapshotBuilder(self.store, self.dynamic, before_build=self._refresh_identity)
         first = await loop.run_in_executor(None, builder.build)
-        plane = self.plane = DataPlane(first, self.config.limits)
+        plane = self.plane = DataPlane(first, self.config.limits,
+                                       access_log=self.config.access_log is not None)
+        if self.config.access_log is not None:
+            json_logger("ecs_imds.access", self.config.access_log)
         feed = ChangeFeed(builder, first,
                           lambda snap: loop.call_soon_threadsafe(plane.install, snap),
                           self.config.poll_interval)

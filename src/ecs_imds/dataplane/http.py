@@ -300,6 +300,10 @@ class HttpConnection(asyncio.Protocol):
                 else:
                     self._close()
                 return
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        """Everything but the common case: httptools, then `resolve`."""
         parser = self.parser
         if parser is None:
             parser = self.parser = httptools.HttpRequestParser(self)

@@ -20,6 +20,7 @@ from ..ratelimit import RateLimiter
 from ..snapshot import Snapshot
 from .accept import accept_ready
 from .http import HttpConnection, SimpleRequests
+from .logged import LoggedConnection
 from .proxied import ProxiedConnection
 from .stats import Stats
 
@@ -64,8 +65,9 @@ def bind_socket(listener: Listener, reuse_port: bool = False) -> socket.socket:
 
 
 class DataPlane:
-    def __init__(self, snapshot: Snapshot, limits: Limits) -> None:
+    def __init__(self, snapshot: Snapshot, limits: Limits, access_log: bool = False) -> None:
         self.snapshot = snapshot
+        self.access_log = access_log
         self.limits = limits
         self.limiter = RateLimiter(limits.rate, limits.burst)
         self.simple_requests = SimpleRequests(limits.request_line, limits.headers)
@@ -89,7 +91,12 @@ class DataPlane:
         for listener, sock in listeners:
             state = ListenerState(listener.vpc_id, listener.aliases, tuple(
                 ip_network(n) for n in listener.proxy_trusted or ()))
-            if listener.proxy_trusted is None:
+            if self.access_log and listener.proxy_trusted is None:
+                server = await loop.create_server(
+                    lambda state=state: LoggedConnection(self, state), sock=sock,
+                    backlog=LISTEN_BACKLOG)
+                self.servers.append(server)
+            elif listener.proxy_trusted is None:
                 sock.listen(LISTEN_BACKLOG)
                 loop.add_reader(sock.fileno(), accept_ready, self, sock, state, loop)
                 self.listening.append(sock)
