@@ -224,6 +224,18 @@ def test_health_and_metrics(api: httpx.Client, server: ServerProcess) -> None:
     assert "ecs_imds_snapshot_version " in text and "ecs_imds_snapshot_stale 0.0" in text
     assert 'ecs_imds_dataplane_responses_total{class="2xx",code="200"}' in text
     assert 'ecs_imds_secret_answers_total{code="200",kind="credentials"}' in text
+    ttl = {"X-aliyun-ecs-metadata-token-ttl-seconds": "60"}
+    before = _metric(api.get("/metrics").text, "ecs_imds_tokens_issued_total")
+    assert get(port, "/latest/api/token", "127.0.0.2", ttl, method="PUT")[0] == 200
+    get(port, "/latest/meta-data/", "127.0.0.2", {"X-aliyun-ecs-metadata-token": "x"})
+    text = api.get("/metrics").text
+    assert _metric(text, "ecs_imds_tokens_issued_total") == before + 1
+    assert _metric(text, "ecs_imds_tokens_refused_total") >= 1
+
+
+def _metric(text: str, name: str) -> float:
+    (line,) = [ln for ln in text.splitlines() if ln.startswith(name + " ")]
+    return float(line.split()[1])
 
 
 def test_audit_log_says_who_changed_what_and_no_secret(api: httpx.Client,

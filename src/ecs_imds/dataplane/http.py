@@ -421,6 +421,8 @@ class HttpConnection(asyncio.Protocol):
             self._set_hop_limit(transport, resp.hop_limit)
         transport.write(render_response(resp, keep_alive, head_only))
         self.plane.count(resp.status)
+        if resp.hop_limit is not None:  # only a token carries a hop limit
+            self.plane.stats.tokens_issued += 1
 
     def _set_hop_limit(self, transport: asyncio.Transport, hops: int) -> None:
         sock = transport.get_extra_info("socket")
