@@ -32,10 +32,9 @@ from ecs_imds.fleet import (
 )
 from ecs_imds.model import Fleet
 from ecs_imds.snapshot import Snapshot
-from ecs_imds.store import Conflict, open_store
+from ecs_imds.store import open_store
 from ecs_imds.store.feed import ChangeFeed, SnapshotBuilder
 from ecs_imds.store.sqlite import SQLiteStore
-from ecs_imds.tokens import TokenKey
 from fleets import (
     DEMO_FLEET,
     HARDENED_ID,
@@ -77,138 +76,6 @@ def doc_of(instance_id: str, fleet: dict[str, Any] | None = None) -> dict[str, A
 
 
 # --- the SQLite store ---------------------------------------------------------------------
-def test_fresh_store_is_empty(store: SQLiteStore) -> None:
-    assert store.version() == 0
-    assert store.load_defaults() == {}
-    assert store.revisions() == {}
-    assert store.load_instances() == []
-    assert store.token_keys() == []
-
-
-def test_write_fleet_versions_and_revisions(store: SQLiteStore) -> None:
-    a = {"instance-id": "i-a", "n": 1}
-    b = {"instance-id": "i-b", "n": 1}
-    assert store.write_fleet({"region-id": "x"}, [a, b]) == 1
-    assert store.revisions() == {"i-a": 1, "i-b": 1}
-    assert [(s.instance_id, s.doc) for s in store.load_instances()] == [("i-a", a), ("i-b", b)]
-
-    # an upsert bumps only what it writes; defaults=None leaves the defaults alone
-    assert store.write_fleet(None, [{"instance-id": "i-b", "n": 2}]) == 2
-    assert store.revisions() == {"i-a": 1, "i-b": 2}
-    assert store.load_defaults() == {"region-id": "x"}
-    assert [s.doc["n"] for s in store.load_instances(["i-b"])] == [2]
-    # order of first insertion is kept on update
-    assert [s.instance_id for s in store.load_instances()] == ["i-a", "i-b"]
-
-    # replace: what is not given goes
-    assert store.write_fleet({}, [{"instance-id": "i-c"}], replace=True) == 3
-    assert store.revisions() == {"i-c": 3}
-    assert store.load_defaults() == {}
-
-    assert store.delete_instances(["i-c", "i-unknown"]) == 4
-    assert store.revisions() == {}
-
-
-def test_load_instances_by_id_in_chunks(store: SQLiteStore) -> None:
-    docs = [{"instance-id": f"i-{n:04d}"} for n in range(1203)]
-    store.write_fleet(None, docs)
-    wanted = [d["instance-id"] for d in docs[::2]] + ["i-missing"]
-    assert sorted(s.instance_id for s in store.load_instances(wanted)) == sorted(wanted[:-1])
-    assert store.load_instances([]) == []
-
-
-def test_documents_keep_non_ascii_and_key_order(store: SQLiteStore) -> None:
-    doc = {"instance-id": "i-a", "z": "网站", "a": {"y": 1, "b": [1, "二"]}}
-    store.write_fleet(None, [doc])
-    (loaded,) = store.load_instances()
-    assert loaded.doc == doc
-    assert json.dumps(loaded.doc) == json.dumps(doc)
-
-
-def test_failed_write_leaves_the_store_as_it_was(store: SQLiteStore) -> None:
-    store.write_fleet({"region-id": "x"}, [{"instance-id": "i-a"}])
-    before = contents(store)
-    with pytest.raises(KeyError):  # the second document has no id: fails mid-transaction
-        store.write_fleet({"region-id": "y"}, [{"instance-id": "i-b"}, {"no-id": 1}],
-                          replace=True)
-    assert contents(store) == before
-
-
-def test_conditional_put_and_delete(store: SQLiteStore) -> None:
-    assert store.put_instance({"instance-id": "i-a", "n": 1}, expect=0) == 1
-    with pytest.raises(Conflict) as info:
-        store.put_instance({"instance-id": "i-a", "n": 2}, expect=0)  # exists already
-    assert (info.value.instance_id, info.value.current) == ("i-a", 1)
-    assert store.put_instance({"instance-id": "i-a", "n": 2}, expect=1) == 2
-    with pytest.raises(Conflict):
-        store.put_instance({"instance-id": "i-a", "n": 3}, expect=1)  # stale revision
-    assert store.put_instance({"instance-id": "i-a", "n": 3}, expect=None) == 3
-    assert store.put_instance({"instance-id": "i-b"}, expect=None) == 4
-    before = contents(store)
-    with pytest.raises(Conflict):
-        store.delete_instance("i-a", expect=2)
-    with pytest.raises(Conflict) as info:
-        store.delete_instance("i-missing", expect=None)
-    assert info.value.current == 0
-    assert contents(store) == before  # refused writes change nothing, not even the version
-    assert store.delete_instance("i-a", expect=3) == 5
-    assert store.revisions() == {"i-b": 4}
-
-
-def test_set_secret_replaces_and_bumps(store: SQLiteStore) -> None:
-    assert store.secret("identity", lambda: b"old") == b"old"
-    v = store.set_secret("identity", b"new")
-    assert v == store.version() == 1
-    assert store.secret("identity", lambda: b"unused") == b"new"
-
-
-def test_token_keys(store: SQLiteStore) -> None:
-    keys = [TokenKey(1, b"\x00" * 32, 10), TokenKey(2, b"\xff" * 32, 20)]
-    v = store.replace_token_keys(keys)
-    assert v == 1 and store.version() == 1
-    assert sorted(store.token_keys(), key=lambda k: k.kid) == keys
-    store.replace_token_keys(keys[1:])
-    assert store.token_keys() == keys[1:]
-    assert store.version() == 2
-
-
-def test_secret_is_made_once(tmp_path: Path) -> None:
-    path = tmp_path / "imds.db"
-    first, second = SQLiteStore(path), SQLiteStore(path)
-    calls: list[str] = []
-
-    def make(tag: str) -> Any:
-        return lambda: calls.append(tag) or tag.encode() * 4
-
-    assert first.secret("identity", make("a")) == b"aaaa"
-    assert second.secret("identity", make("b")) == b"aaaa"
-    assert first.secret("credentials", make("c")) == b"cccc"
-    assert calls == ["a", "c"]
-    assert first.version() == 0  # secrets are not fleet changes
-
-
-def test_secret_made_once_under_concurrency(tmp_path: Path) -> None:
-    path = tmp_path / "imds.db"
-    SQLiteStore(path)
-    made: list[int] = []
-    results: list[bytes] = []
-    barrier = threading.Barrier(8)
-
-    def server(n: int) -> None:
-        s = SQLiteStore(path)
-        barrier.wait()
-        results.append(s.secret("identity", lambda: made.append(n) or bytes([n]) * 8))
-        s.close()
-
-    threads = [threading.Thread(target=server, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(made) == 1
-    assert set(results) == {bytes([made[0]]) * 8}
-
-
 def test_store_persists_and_serves_other_threads(tmp_path: Path) -> None:
     path = tmp_path / "imds.db"
     s = SQLiteStore(path)
