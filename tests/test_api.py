@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -231,6 +232,14 @@ def test_health_and_metrics(api: httpx.Client, server: ServerProcess) -> None:
     text = api.get("/metrics").text
     assert _metric(text, "ecs_imds_tokens_issued_total") == before + 1
     assert _metric(text, "ecs_imds_tokens_refused_total") >= 1
+    raw = b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\n\r\n"
+    for _ in range(40):  # keep-alive connections: handed to the loop, one in 16 timed
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(raw)
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    text = api.get("/metrics").text
+    assert _metric(text, "ecs_imds_dataplane_processing_seconds_count") >= 2
+    assert 'ecs_imds_dataplane_processing_seconds_bucket{le="+Inf"}' in text
 
 
 def _metric(text: str, name: str) -> float:

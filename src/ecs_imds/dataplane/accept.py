@@ -23,6 +23,7 @@ from ..catalogue import Leaf
 from ..resolve import resolve_get
 from ..snapshot import normalise_ip
 from .http import HttpConnection, render_leaf, render_response
+from .timed import TimedConnection
 
 if TYPE_CHECKING:
     from .server import DataPlane, ListenerState
@@ -114,8 +115,9 @@ async def _attach(plane: DataPlane, listener: ListenerState, sock: socket.socket
     try:
         # as the loop's own server does: an answer goes out as soon as it is written
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        cls = TimedConnection if plane.stats.sampled() else HttpConnection
         await loop.connect_accepted_socket(
-            lambda: HttpConnection(plane, listener, first=first, unsent=unsent), sock=sock)
+            lambda: cls(plane, listener, first=first, unsent=unsent), sock=sock)
     except OSError as exc:
         log.debug("connection lost before it was handed over: %s", exc)
         sock.close()
