@@ -46,11 +46,6 @@ _date_second = 0
 _date = b""
 
 
-def http_date() -> bytes:
-    """The Date header value, formatted once per second."""
-    return _date_line(time.time())[6:-2]
-
-
 def _date_line(now: float) -> bytes:
     global _date_second, _date
     second = int(now)
