@@ -13,7 +13,7 @@ DEB_TOOLS := ip:iproute2 curl:curl openssl:openssl /usr/lib/postgresql/*/bin/ini
 # What `make bench` drives, the same way.
 BENCH_TOOLS := wrk:wrk nginx:nginx taskset:util-linux
 
-.PHONY: serve test lint deps debs bench clean
+.PHONY: serve test lint deps debs bench clean golden
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ lint: $(STAMP)
 
 test: $(STAMP) debs lint
 	$(BIN)/pytest
+
+# The demo fleet's whole crawl, as each instance sees it (tests/test_golden.py compares).
+golden: $(STAMP)
+	$(BIN)/python tests/golden.py
 
 bench: $(STAMP)
 	@$(MAKE) --no-print-directory debs DEB_TOOLS="$(BENCH_TOOLS)"
