@@ -50,7 +50,7 @@ sys.path.insert(0, str(BENCH))
 import fleetgen  # noqa: E402
 
 from ecs_imds.cli import DEMO_VPC, demo_fleet  # noqa: E402
-from ecs_imds.fleet import import_fleet  # noqa: E402
+from ecs_imds.control.fleet import import_fleet  # noqa: E402
 from ecs_imds.store import open_store  # noqa: E402
 
 ECS_IMDS = str(Path(sys.executable).with_name("ecs-imds"))

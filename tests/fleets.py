@@ -15,14 +15,14 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-import ecs_imds.fleet
-from ecs_imds.catalogue import JSON, TEXT, Dynamic, Pool, Rendered, render
-from ecs_imds.model import Fleet, effective
-from ecs_imds.resolve import Request, Response, resolve
-from ecs_imds.snapshot import Snapshot, index
-from ecs_imds.tokens import KeyRing, TokenKey
+import ecs_imds.demo
+from ecs_imds.protocol.catalogue import JSON, TEXT, Dynamic, Pool, Rendered, render
+from ecs_imds.protocol.decide import Request, Response, resolve
+from ecs_imds.protocol.model import Fleet, effective
+from ecs_imds.protocol.snapshot import Snapshot, index
+from ecs_imds.protocol.tokens import KeyRing, TokenKey
 
-DEMO_FLEET = Path(ecs_imds.fleet.__file__).parent / "demo" / "fleet.yaml"
+DEMO_FLEET = Path(ecs_imds.demo.__file__).parent / "fleet.yaml"
 
 NOW = 1_800_000_000  # a fixed "now" (2027-01-15) for everything that takes a clock
 

@@ -27,8 +27,8 @@ from typing import Any
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
-from ecs_imds.cli import demo_fleet  # noqa: E402
-from ecs_imds.identity import verify, with_audience  # noqa: E402
+from ecs_imds.demo import demo_fleet  # noqa: E402
+from ecs_imds.protocol.identity import verify, with_audience  # noqa: E402
 from server import ServerProcess, free_port  # noqa: E402
 
 GOLDEN = HERE / "golden"

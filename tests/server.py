@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import yaml
 
-from ecs_imds.api.client import AdminClient
+from ecs_imds.clients.control import AdminClient
 
 ECS_IMDS = str(Path(sys.executable).with_name("ecs-imds"))
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from ecs_imds.cli import DEMO_VPC, demo_fleet
 from ecs_imds.dataplane import accept
 from ecs_imds.dataplane.http import HttpConnection
-from ecs_imds.dataplane.server import ListenerState
+from ecs_imds.dataplane.plane import ListenerState
+from ecs_imds.demo import DEMO_VPC, demo_fleet
 from fleets import NOW
 from server import ServerProcess, free_port, get, split_responses
 from test_fastpath import HARDENED_DEMO, SNAPSHOTS, Plane, Transport, exchange

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ecs_imds.cli import DEMO_VPC, demo_fleet
+from ecs_imds.demo import DEMO_VPC, demo_fleet
 from server import ECS_IMDS, ServerProcess, free_port, get
 
 WEB, HARDENED, SPOT = (f"i-bp1demo000000000000{n}" for n in (1, 2, 3))

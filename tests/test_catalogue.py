@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ecs_imds.catalogue import (
+from ecs_imds.errors import ValidationError
+from ecs_imds.protocol.catalogue import (
     JSON,
     OCTET,
     TEXT,
@@ -21,8 +22,7 @@ from ecs_imds.catalogue import (
     exposable_tag,
     render,
 )
-from ecs_imds.errors import ValidationError
-from ecs_imds.model import Fleet, Instance, effective
+from ecs_imds.protocol.model import Fleet, Instance, effective
 from fleets import (
     EVENTS,
     EXPOSED_TAGS,

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ecs_imds.credentials import (
+from ecs_imds.protocol.credentials import (
     BuiltinIssuer,
     CommandIssuer,
     Credential,
@@ -462,7 +462,7 @@ def test_command_issuer_keeps_serving_when_a_refresh_fails(
     issuer = program.issuer()
     first = issuer.issue("i-1", "EcsRole", NOW)
     program.mode("exit")
-    with caplog.at_level(logging.WARNING, logger="ecs_imds.credentials"):
+    with caplog.at_level(logging.WARNING, logger="ecs_imds.protocol.credentials"):
         assert issuer.issue("i-1", "EcsRole", first.expiration - 60) is first
         assert issuer.wait(timeout=20)
     assert "exited with code 1" in caplog.text

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ecs_imds.cli import DEMO_VPC, demo_fleet
+from ecs_imds.demo import DEMO_VPC, demo_fleet
 from server import ServerProcess, free_port, get, http, read_all, split_responses
 
 WEB, HARDENED, SPOT = (f"i-bp1demo000000000000{n}" for n in (1, 2, 3))

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from e2e import ROLE, A, C, curl, token
-from ecs_imds.api.client import AdminClient
+from ecs_imds.clients.control import AdminClient
 from netns import Topology
 from server import ServerProcess
 

@@ -12,7 +12,7 @@ from server import ECS_IMDS, ServerProcess
 
 CRAWL = """
 import json
-from ecs_imds.client import MetadataClient
+from ecs_imds.clients.metadata import MetadataClient
 c = MetadataClient(use_token=True)
 def crawl(path):
     if path.endswith("/"):

@@ -19,15 +19,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ecs_imds import tokens
-from ecs_imds.catalogue import JSON, OCTET, TEXT, Leaf
-from ecs_imds.cli import DEMO_VPC, demo_fleet
 from ecs_imds.config import Limits
 from ecs_imds.dataplane import http
 from ecs_imds.dataplane.http import HttpConnection, SimpleRequests, render_leaf, simple_request
-from ecs_imds.ratelimit import RateLimiter
-from ecs_imds.resolve import Request, Response, resolve, resolve_get
-from ecs_imds.snapshot import Snapshot
+from ecs_imds.demo import DEMO_VPC, demo_fleet
+from ecs_imds.protocol import tokens
+from ecs_imds.protocol.catalogue import JSON, OCTET, TEXT, Leaf
+from ecs_imds.protocol.decide import Request, Response, resolve, resolve_get
+from ecs_imds.protocol.ratelimit import RateLimiter
+from ecs_imds.protocol.snapshot import Snapshot
 from fleets import HARDENED_ID, NOW, PLAIN_ID, RICH_ID, snapshot_of
 
 TOKEN_HEADER = "x-aliyun-ecs-metadata-token"
@@ -346,7 +346,7 @@ def exchange(snap: Snapshot, chunks: list[bytes], monkeypatch: pytest.MonkeyPatc
              who: str = HARDENED_DEMO) -> tuple[bytes, bool]:
     """What a connection from `who` writes for `chunks`, read one after another."""
     monkeypatch.setattr(http.time, "time", lambda: float(NOW))
-    from ecs_imds.dataplane.server import ListenerState
+    from ecs_imds.dataplane.plane import ListenerState
 
     listener = ListenerState(DEMO_VPC, {"127.0.0.1": who})
     conn = HttpConnection(Plane(snap), listener)  # type: ignore[arg-type]

@@ -14,9 +14,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from ecs_imds.catalogue import Dynamic, Rendered
-from ecs_imds.fleet import ensure_token_keys, import_fleet, rotate_token_key
-from ecs_imds.snapshot import Snapshot
+from ecs_imds.control.fleet import ensure_token_keys, import_fleet, rotate_token_key
+from ecs_imds.protocol.catalogue import Dynamic, Rendered
+from ecs_imds.protocol.snapshot import Snapshot
 from ecs_imds.store.base import Change
 from ecs_imds.store.feed import ChangeFeed, SnapshotBuilder
 from ecs_imds.store.postgres import PostgresStore

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ecs_imds.identity import (
+from ecs_imds.protocol.identity import (
     IdentitySigner,
     generate_signing_identity,
     verify,

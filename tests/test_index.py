@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecs_imds.snapshot import Index, index
+from ecs_imds.protocol.snapshot import Index, index
 
 
 class Item:

@@ -6,11 +6,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from ecs_imds.fleet import ensure_token_keys, export_fleet, import_fleet, rotate_token_key
-from ecs_imds.keys import identity_blob
+from ecs_imds.control.fleet import ensure_token_keys, export_fleet, import_fleet, rotate_token_key
+from ecs_imds.protocol.tokens import KeyRing
+from ecs_imds.store.keys import identity_blob
 from ecs_imds.store.postgres import PostgresStore
 from ecs_imds.store.sqlite import SQLiteStore
-from ecs_imds.tokens import KeyRing
 from pg import PostgresCluster
 from server import ECS_IMDS
 from test_store_backends import OTHER_VPC, fleet, instance

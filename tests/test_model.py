@@ -12,9 +12,9 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ecs_imds.control.fleet import dump
 from ecs_imds.errors import ValidationError
-from ecs_imds.fleet import dump
-from ecs_imds.model import (
+from ecs_imds.protocol.model import (
     USER_DATA_LIMIT,
     Fleet,
     FleetDefaults,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ecs_imds.cli import DEMO_VPC, demo_fleet
 from ecs_imds.config import load
 from ecs_imds.dataplane.proxy import header
+from ecs_imds.demo import DEMO_VPC, demo_fleet
 from ecs_imds.errors import ValidationError
 from server import ServerProcess, free_port, http, read_all, split_responses
 

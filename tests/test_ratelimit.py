@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ecs_imds.ratelimit import RateLimiter
+from ecs_imds.protocol.ratelimit import RateLimiter
 
 T0 = 1_800_000_000.0
 

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ecs_imds import access
-from ecs_imds.catalogue import JSON, OCTET, TEXT, Leaf
-from ecs_imds.model import MAX_TOKEN_TTL
-from ecs_imds.ratelimit import RateLimiter
-from ecs_imds.resolve import REASONS, Request, Response, resolve
-from ecs_imds.snapshot import Snapshot, normalise_ip
+from ecs_imds.protocol import access
+from ecs_imds.protocol.catalogue import JSON, OCTET, TEXT, Leaf
+from ecs_imds.protocol.decide import REASONS, Request, Response, resolve
+from ecs_imds.protocol.model import MAX_TOKEN_TTL
+from ecs_imds.protocol.ratelimit import RateLimiter
+from ecs_imds.protocol.snapshot import Snapshot, normalise_ip
 from fleets import (
     CREDENTIALS_BODY,
     DISABLED_ID,

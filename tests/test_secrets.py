@@ -11,11 +11,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ecs_imds.catalogue import Dynamic, Rendered
-from ecs_imds.credentials import BuiltinIssuer, Credential, CredentialError, StaticIssuer
-from ecs_imds.identity import IdentitySigner, generate_signing_identity, verify, with_audience
-from ecs_imds.model import MetadataOptions
-from ecs_imds.secrets import Secrets, audience_of
+from ecs_imds.dataplane.fulfil import Secrets, audience_of
+from ecs_imds.protocol.catalogue import Dynamic, Rendered
+from ecs_imds.protocol.credentials import BuiltinIssuer, Credential, CredentialError, StaticIssuer
+from ecs_imds.protocol.identity import (
+    IdentitySigner,
+    generate_signing_identity,
+    verify,
+    with_audience,
+)
+from ecs_imds.protocol.model import MetadataOptions
 
 NOW = 1_800_000_000.0
 SECRET = b"fleet secret for credentials, 32b"
@@ -69,7 +74,7 @@ def test_credentials_of_a_role_not_attached_are_not_found() -> None:
 
 
 def test_issuer_failure_is_500_and_logged(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.ERROR, logger="ecs_imds.secrets"):
+    with caplog.at_level(logging.ERROR, logger="ecs_imds.dataplane.fulfil"):
         status, body, content_type = Secrets(FailingIssuer(), SIGNER).answer(
             Dynamic("credentials", "EcsRole"), instance(), "", NOW)
     assert status == 500
@@ -83,7 +88,7 @@ def test_static_issuer_fault_is_500_without_the_secret(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "EcsRole.json").write_text('{"AccessKeyId": "STS.x", '
                                            '"AccessKeySecret": "leaky-secret"}')
-    with caplog.at_level(logging.ERROR, logger="ecs_imds.secrets"):
+    with caplog.at_level(logging.ERROR, logger="ecs_imds.dataplane.fulfil"):
         status, _, _ = Secrets(StaticIssuer(tmp_path), SIGNER).answer(
             Dynamic("credentials", "EcsRole"), instance(), "", NOW)
     assert status == 500

@@ -21,17 +21,17 @@ import pytest
 import yaml
 from hypothesis import given, settings
 
-from ecs_imds.catalogue import Leaf
-from ecs_imds.errors import ValidationError
-from ecs_imds.fleet import (
+from ecs_imds.control.fleet import (
     dump,
     ensure_token_keys,
     export_fleet,
     import_fleet,
     rotate_token_key,
 )
-from ecs_imds.model import Fleet
-from ecs_imds.snapshot import Snapshot
+from ecs_imds.errors import ValidationError
+from ecs_imds.protocol.catalogue import Leaf
+from ecs_imds.protocol.model import Fleet
+from ecs_imds.protocol.snapshot import Snapshot
 from ecs_imds.store import open_store
 from ecs_imds.store.feed import ChangeFeed, SnapshotBuilder
 from ecs_imds.store.sqlite import SQLiteStore

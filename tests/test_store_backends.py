@@ -17,12 +17,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from ecs_imds.fleet import ensure_token_keys, export_fleet, import_fleet, rotate_token_key
+from ecs_imds.control.fleet import ensure_token_keys, export_fleet, import_fleet, rotate_token_key
+from ecs_imds.protocol.tokens import TokenKey
 from ecs_imds.store import open_store
 from ecs_imds.store.base import Change, Conflict, Store, StoreDump, StoreUnavailable
 from ecs_imds.store.postgres import MIGRATIONS, PostgresStore
 from ecs_imds.store.sqlite import SQLiteStore
-from ecs_imds.tokens import TokenKey
 from pg import PostgresCluster
 
 VPC, OTHER_VPC = "vpc-store0001", "vpc-store0002"

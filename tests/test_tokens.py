@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ecs_imds.fleet import ensure_token_keys, rotate_token_key
-from ecs_imds.model import MAX_TOKEN_TTL
+from ecs_imds.control.fleet import ensure_token_keys, rotate_token_key
+from ecs_imds.protocol.model import MAX_TOKEN_TTL
+from ecs_imds.protocol.tokens import KeyRing, TokenKey, keys_to_keep
 from ecs_imds.store.sqlite import SQLiteStore
-from ecs_imds.tokens import KeyRing, TokenKey, keys_to_keep
 from fleets import NOW
 
 KEY = TokenKey(kid=7, secret=b"s" * 32, created_at=NOW - 1000)

@@ -7,7 +7,7 @@ import signal
 import time
 from pathlib import Path
 
-from ecs_imds.cli import DEMO_VPC, demo_fleet
+from ecs_imds.demo import DEMO_VPC, demo_fleet
 from server import ServerProcess, free_port, get
 
 WEB = "i-bp1demo0000000000001"

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ValidationError
+from ecs_imds.errors import ValidationError
 
 DEFAULT_ENDPOINT = "http://100.100.100.200"
 DEFAULT_API_BIND = "127.0.0.1:9180"

@@ -19,14 +19,14 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from ..catalogue import Leaf
-from ..resolve import resolve_get
-from ..snapshot import normalise_ip
-from .http import HttpConnection, render_leaf, render_response
-from .timed import TimedConnection
+from ecs_imds.dataplane.http import HttpConnection, render_leaf, render_response
+from ecs_imds.dataplane.timed import TimedConnection
+from ecs_imds.protocol.catalogue import Leaf
+from ecs_imds.protocol.decide import resolve_get
+from ecs_imds.protocol.snapshot import normalise_ip
 
 if TYPE_CHECKING:
-    from .server import DataPlane, ListenerState
+    from ecs_imds.dataplane.plane import DataPlane, ListenerState
 
 log = logging.getLogger("ecs_imds.dataplane")
 

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from ..access import TOKEN_HEADER, TTL_HEADER
-from ..catalogue import Leaf, Rendered
-from ..resolve import REASONS, Request, Response, error, resolve, resolve_get
-from ..snapshot import Snapshot, normalise_ip
+from ecs_imds.protocol.access import TOKEN_HEADER, TTL_HEADER
+from ecs_imds.protocol.catalogue import Leaf, Rendered
+from ecs_imds.protocol.decide import REASONS, Request, Response, error, resolve, resolve_get
+from ecs_imds.protocol.snapshot import Snapshot, normalise_ip
 
 if TYPE_CHECKING:
-    from .server import DataPlane, ListenerState
+    from ecs_imds.dataplane.plane import DataPlane, ListenerState
 
 
 class _Reject(Exception):

@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import time
 
-from ..resolve import Response
-from .http import HttpConnection
+from ecs_imds.dataplane.http import HttpConnection
+from ecs_imds.protocol.decide import Response
 
-access = logging.getLogger("ecs_imds.access")
+access = logging.getLogger("ecs_imds.protocol.access")
 
 
 class LoggedConnection(HttpConnection):

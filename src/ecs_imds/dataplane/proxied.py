@@ -17,12 +17,12 @@ import ipaddress
 import logging
 from typing import TYPE_CHECKING
 
-from ..snapshot import normalise_ip
-from . import proxy
-from .http import HttpConnection
+from ecs_imds.dataplane import proxy
+from ecs_imds.dataplane.http import HttpConnection
+from ecs_imds.protocol.snapshot import normalise_ip
 
 if TYPE_CHECKING:
-    from .server import DataPlane, ListenerState
+    from ecs_imds.dataplane.plane import DataPlane, ListenerState
 
 log = logging.getLogger("ecs_imds.dataplane")
 

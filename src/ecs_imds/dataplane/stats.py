@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import HistogramMetricFamily, Metric
 
-from ..api.metrics import counter
+from ecs_imds.metrics import counter
 
 # Upper bounds (seconds) of the latency histogram's buckets.
 BUCKETS = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1)

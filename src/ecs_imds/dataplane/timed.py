@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from time import perf_counter
 
-from .http import HttpConnection
+from ecs_imds.dataplane.http import HttpConnection
 
 
 class TimedConnection(HttpConnection):

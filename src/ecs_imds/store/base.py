@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..tokens import TokenKey
+from ecs_imds.protocol.tokens import TokenKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,14 +154,14 @@ class Store(Protocol):
 def open_store(url: str | None, data_dir: Path) -> Store:
     """`sqlite:///path`, `postgresql://…` (any libpq URL), or nothing (the data directory's
     `ecs-imds.db`)."""
-    from .sqlite import SQLiteStore
+    from ecs_imds.store.sqlite import SQLiteStore
 
     if url is None or url == "":
         return SQLiteStore(data_dir / "ecs-imds.db")
     if url.startswith("sqlite:///"):
         return SQLiteStore(Path(url.removeprefix("sqlite://")))
     if url.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresStore
+        from ecs_imds.store.postgres import PostgresStore
 
         return PostgresStore(url)
     raise ValueError(f"unsupported store URL scheme: {url.split(':', 1)[0]}")

@@ -17,12 +17,12 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any
 
-from ..catalogue import Pool, Rendered, render
-from ..errors import ValidationError
-from ..model import FleetDefaults, Instance, effective
-from ..snapshot import Deferred, DynamicSource, Index, Snapshot
-from ..tokens import KeyRing
-from .base import Change, Store, StoredInstance, Subscription
+from ecs_imds.errors import ValidationError
+from ecs_imds.protocol.catalogue import Pool, Rendered, render
+from ecs_imds.protocol.model import FleetDefaults, Instance, effective
+from ecs_imds.protocol.snapshot import Deferred, DynamicSource, Index, Snapshot
+from ecs_imds.protocol.tokens import KeyRing
+from ecs_imds.store.base import Change, Store, StoredInstance, Subscription
 
 log = logging.getLogger("ecs_imds.feed")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Store
+from ecs_imds.store.base import Store
 
 
 class TargetNotEmpty(Exception):

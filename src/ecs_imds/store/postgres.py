@@ -30,8 +30,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
-from ..tokens import TokenKey
-from .base import Change, Conflict, StoredInstance, StoreDump, StoreUnavailable
+from ecs_imds.protocol.tokens import TokenKey
+from ecs_imds.store.base import Change, Conflict, StoredInstance, StoreDump, StoreUnavailable
 
 log = logging.getLogger("ecs_imds.store")
 

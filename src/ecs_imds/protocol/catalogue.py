@@ -19,8 +19,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ValidationError
-from .model import Effective, Instance, MetadataOptions
+from ecs_imds.errors import ValidationError
+from ecs_imds.protocol.model import Effective, Instance, MetadataOptions
 
 TEXT = b"text/plain; charset=utf-8"
 JSON = b"application/json"

@@ -15,14 +15,14 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
-from ..config import Limits, Listener
-from ..ratelimit import RateLimiter
-from ..snapshot import Snapshot
-from .accept import accept_ready
-from .http import HttpConnection, SimpleRequests
-from .logged import LoggedConnection
-from .proxied import ProxiedConnection
-from .stats import Stats
+from ecs_imds.config import Limits, Listener
+from ecs_imds.dataplane.accept import accept_ready
+from ecs_imds.dataplane.http import HttpConnection, SimpleRequests
+from ecs_imds.dataplane.logged import LoggedConnection
+from ecs_imds.dataplane.proxied import ProxiedConnection
+from ecs_imds.dataplane.stats import Stats
+from ecs_imds.protocol.ratelimit import RateLimiter
+from ecs_imds.protocol.snapshot import Snapshot
 
 log = logging.getLogger("ecs_imds.dataplane")
 

@@ -23,16 +23,16 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import fleet, keys
-from ..credentials import BuiltinIssuer, Issuer, format_time
-from ..errors import ValidationError
-from ..model import USER_DATA_LIMIT, FleetDefaults, Instance, effective
-from ..snapshot import Snapshot
-from ..store import Conflict, Store
-from . import schemas as s
-from .audit import Audit
-from .auth import Authority, Principal
-from .metrics import Metrics
+from ecs_imds.control import fleet
+from ecs_imds.control import schemas as s
+from ecs_imds.control.audit import Audit
+from ecs_imds.control.auth import Authority, Principal
+from ecs_imds.errors import ValidationError
+from ecs_imds.metrics import Metrics
+from ecs_imds.protocol.credentials import BuiltinIssuer, Issuer, format_time
+from ecs_imds.protocol.model import USER_DATA_LIMIT, FleetDefaults, Instance, effective
+from ecs_imds.protocol.snapshot import Snapshot
+from ecs_imds.store import Conflict, Store, keys
 
 
 @dataclass

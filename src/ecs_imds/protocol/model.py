@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Self
 
-from .errors import ValidationError
+from ecs_imds.errors import ValidationError
 
 USER_DATA_LIMIT = 16 * 1024
 MAX_TOKEN_TTL = 21600

@@ -16,7 +16,7 @@ import os
 import signal
 from collections.abc import Callable
 
-log = logging.getLogger("ecs_imds.workers")
+log = logging.getLogger("ecs_imds.server.workers")
 
 
 def run_workers(count: int, serve: Callable[[int], None]) -> int:

@@ -14,12 +14,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .catalogue import Dynamic, Pool, Rendered, render
-from .errors import ValidationError
-from .model import FleetDefaults, Instance, effective
-from .tokens import KeyRing
+from ecs_imds.errors import ValidationError
+from ecs_imds.protocol.catalogue import Dynamic, Pool, Rendered, render
+from ecs_imds.protocol.model import FleetDefaults, Instance, effective
+from ecs_imds.protocol.tokens import KeyRing
 
-log = logging.getLogger("ecs_imds.snapshot")
+log = logging.getLogger("ecs_imds.protocol.snapshot")
 
 
 class DynamicSource(Protocol):

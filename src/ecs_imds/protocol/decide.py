@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import access
-from .catalogue import TEXT, VERSIONS, Leaf, Rendered
-from .model import MAX_TOKEN_TTL
-from .ratelimit import RateLimiter
-from .snapshot import Snapshot
+from ecs_imds.protocol import access
+from ecs_imds.protocol.catalogue import TEXT, VERSIONS, Leaf, Rendered
+from ecs_imds.protocol.model import MAX_TOKEN_TTL
+from ecs_imds.protocol.ratelimit import RateLimiter
+from ecs_imds.protocol.snapshot import Snapshot
 
 ROOT_LISTING = "\n".join(VERSIONS).encode()
 TOKEN_PATH = "api/token"

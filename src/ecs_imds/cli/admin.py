@@ -20,10 +20,10 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from . import fleet
-from .api.client import AdminClient, ApiError
-from .config import Config, load
-from .errors import ValidationError
+from ecs_imds.clients.control import AdminClient, ApiError
+from ecs_imds.config import Config, load
+from ecs_imds.control import fleet
+from ecs_imds.errors import ValidationError
 
 
 def config_of(ctx: click.Context) -> Config:
@@ -440,8 +440,8 @@ def status(adm: Admin) -> None:
 def migrate(adm: Admin, source: str | None, target: str, replace: bool) -> None:
     """Copy the whole fleet to another store (SQLite ⇄ PostgreSQL): instances, defaults,
     token keys, secrets. Works on the stores directly, not through the API."""
-    from .store import open_store
-    from .store.migrate import SourceEmpty, TargetNotEmpty, copy_store
+    from ecs_imds.store import open_store
+    from ecs_imds.store.migrate import SourceEmpty, TargetNotEmpty, copy_store
 
     cfg = config_of(adm.ctx)
     try:

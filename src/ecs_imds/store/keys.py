@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 
-from .config import CredentialSettings
-from .credentials import BuiltinIssuer, CommandIssuer, Issuer, StaticIssuer
-from .identity import IdentitySigner, generate_signing_identity
-from .store import Store
+from ecs_imds.config import CredentialSettings
+from ecs_imds.protocol.credentials import BuiltinIssuer, CommandIssuer, Issuer, StaticIssuer
+from ecs_imds.protocol.identity import IdentitySigner, generate_signing_identity
+from ecs_imds.store import Store
 
 IDENTITY = "identity"
 CREDENTIALS = "credentials"

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .catalogue import Rendered
-from .tokens import KeyRing
+from ecs_imds.protocol.catalogue import Rendered
+from ecs_imds.protocol.tokens import KeyRing
 
 TOKEN_HEADER = "x-aliyun-ecs-metadata-token"
 TTL_HEADER = "x-aliyun-ecs-metadata-token-ttl-seconds"

@@ -5,26 +5,21 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
-from . import fleet
-from .admin import admin, config_of
-from .client import MetadataClient, MetadataError
-from .config import Listener, parse_bind
-from .credentials import CredentialError
-from .errors import ValidationError
+from ecs_imds.cli.admin import admin, config_of
+from ecs_imds.clients.metadata import MetadataClient, MetadataError
+from ecs_imds.config import Listener, parse_bind
+from ecs_imds.control import fleet
+from ecs_imds.demo import DEMO_VPC, demo_fleet
+from ecs_imds.errors import ValidationError
+from ecs_imds.protocol.credentials import CredentialError
 
-DEMO_VPC = "vpc-demo000001"
 DEMO_LISTEN = "127.0.0.1:8080"
 
-
-def demo_fleet() -> dict[str, Any]:
-    return yaml.safe_load(resources.files("ecs_imds").joinpath("demo/fleet.yaml").read_text())
 
 
 @click.group()
@@ -52,7 +47,7 @@ def main(config: Path | None, data_dir: Path | None, store: str | None, verbose:
 def serve(ctx: click.Context, demo: bool, listen: tuple[str, ...], workers: int | None
           ) -> None:
     """Run the data plane."""
-    from .service import Service
+    from ecs_imds.server.process import Service
 
     cfg = config_of(ctx)
     if workers is not None:
@@ -116,7 +111,7 @@ def get(path: str, use_token: bool, ttl: int, endpoint: str | None) -> None:
               help="The service's certificate (`admin identity-cert`).")
 def verify_identity(document: Any, signature: Any, cert: Any) -> None:
     """Check an identity document and its signature, as a relying service would."""
-    from .identity import verify
+    from ecs_imds.protocol.identity import verify
 
     if not verify(document.read(), signature.read(), cert.read()):
         raise click.ClickException("Verification failure")

@@ -14,18 +14,17 @@ from pathlib import Path
 import uvicorn
 import uvloop
 
-from . import keys
-from .api.app import ControlContext, create_app
-from .api.audit import Audit, json_logger
-from .api.auth import SECRET_NAME, Authority, new_secret, write_admin_token
-from .api.metrics import Metrics
-from .config import ApiSettings, Config, parse_bind
-from .dataplane.server import DataPlane, bind_socket
-from .fleet import ensure_token_keys
-from .secrets import Secrets
-from .store import Store, open_store
-from .store.feed import ChangeFeed, SnapshotBuilder
-from .workers import run_workers
+from ecs_imds.config import ApiSettings, Config, parse_bind
+from ecs_imds.control.app import ControlContext, create_app
+from ecs_imds.control.audit import Audit, json_logger
+from ecs_imds.control.auth import SECRET_NAME, Authority, new_secret, write_admin_token
+from ecs_imds.control.fleet import ensure_token_keys
+from ecs_imds.dataplane.fulfil import Secrets
+from ecs_imds.dataplane.plane import DataPlane, bind_socket
+from ecs_imds.metrics import Metrics
+from ecs_imds.server.workers import run_workers
+from ecs_imds.store import Store, keys, open_store
+from ecs_imds.store.feed import ChangeFeed, SnapshotBuilder
 
 log = logging.getLogger("ecs_imds")
 
@@ -109,7 +108,7 @@ class Service:
         plane = self.plane = DataPlane(first, self.config.limits,
                                        access_log=self.config.access_log is not None)
         if self.config.access_log is not None:
-            json_logger("ecs_imds.access", self.config.access_log)
+            json_logger("ecs_imds.protocol.access", self.config.access_log)
         feed = ChangeFeed(builder, first,
                           lambda snap: loop.call_soon_threadsafe(plane.install, snap),
                           self.config.poll_interval)

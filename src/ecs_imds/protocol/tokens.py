@@ -16,7 +16,7 @@ import re
 import struct
 from dataclasses import dataclass
 
-from .model import MAX_TOKEN_TTL
+from ecs_imds.protocol.model import MAX_TOKEN_TTL
 
 _HEAD = struct.Struct(">IIQ")
 _MAC_LEN = 32

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .access import TOKEN_HEADER, TTL_HEADER
-from .config import DEFAULT_ENDPOINT
+from ecs_imds.config import DEFAULT_ENDPOINT
+from ecs_imds.protocol.access import TOKEN_HEADER, TTL_HEADER
 
 
 class MetadataError(Exception):

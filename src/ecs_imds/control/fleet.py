@@ -13,11 +13,11 @@ from typing import Any
 
 import yaml
 
-from .catalogue import check_renders
-from .errors import ValidationError
-from .model import Fleet, FleetDefaults, Instance, check_unique, effective
-from .store import Conflict, Store, StoredInstance
-from .tokens import TokenKey, keys_to_keep
+from ecs_imds.errors import ValidationError
+from ecs_imds.protocol.catalogue import check_renders
+from ecs_imds.protocol.model import Fleet, FleetDefaults, Instance, check_unique, effective
+from ecs_imds.protocol.tokens import TokenKey, keys_to_keep
+from ecs_imds.store import Conflict, Store, StoredInstance
 
 
 def validate(defaults: FleetDefaults, instances: list[Instance], changed: int | None = None
