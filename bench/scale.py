@@ -13,11 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from ecs_imds.control.fleet import ensure_token_keys
 from ecs_imds.protocol.catalogue import Dynamic, Rendered
 from ecs_imds.protocol.snapshot import Deferred
 from ecs_imds.store import open_store
 from ecs_imds.store.feed import SnapshotBuilder
+from ecs_imds.store.keys import ensure_token_keys
 
 
 def rss() -> int:

@@ -15,12 +15,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ecs_imds.errors import CredentialError
+from ecs_imds.issuers import CommandIssuer, StaticIssuer
 from ecs_imds.protocol.credentials import (
     BuiltinIssuer,
-    CommandIssuer,
     Credential,
-    CredentialError,
-    StaticIssuer,
     format_time,
     render,
 )

@@ -14,11 +14,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from ecs_imds.control.fleet import ensure_token_keys, import_fleet, rotate_token_key
+from ecs_imds.control.fleet import import_fleet
 from ecs_imds.protocol.catalogue import Dynamic, Rendered
 from ecs_imds.protocol.snapshot import Snapshot
 from ecs_imds.store.base import Change
 from ecs_imds.store.feed import ChangeFeed, SnapshotBuilder
+from ecs_imds.store.keys import ensure_token_keys, rotate_token_key
 from ecs_imds.store.postgres import PostgresStore
 from pg import PostgresCluster, cluster, wait_until
 from test_store_backends import VPC, fleet, instance

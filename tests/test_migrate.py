@@ -6,9 +6,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from ecs_imds.control.fleet import ensure_token_keys, export_fleet, import_fleet, rotate_token_key
+from ecs_imds.control.fleet import export_fleet, import_fleet
 from ecs_imds.protocol.tokens import KeyRing
-from ecs_imds.store.keys import identity_blob
+from ecs_imds.store.keys import ensure_token_keys, identity_blob, rotate_token_key
 from ecs_imds.store.postgres import PostgresStore
 from ecs_imds.store.sqlite import SQLiteStore
 from pg import PostgresCluster

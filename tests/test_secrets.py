@@ -12,8 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ecs_imds.dataplane.fulfil import Secrets, audience_of
+from ecs_imds.errors import CredentialError
+from ecs_imds.issuers import StaticIssuer
 from ecs_imds.protocol.catalogue import Dynamic, Rendered
-from ecs_imds.protocol.credentials import BuiltinIssuer, Credential, CredentialError, StaticIssuer
+from ecs_imds.protocol.credentials import BuiltinIssuer, Credential
 from ecs_imds.protocol.identity import (
     IdentitySigner,
     generate_signing_identity,

@@ -23,10 +23,8 @@ from hypothesis import given, settings
 
 from ecs_imds.control.fleet import (
     dump,
-    ensure_token_keys,
     export_fleet,
     import_fleet,
-    rotate_token_key,
 )
 from ecs_imds.errors import ValidationError
 from ecs_imds.protocol.catalogue import Leaf
@@ -34,6 +32,7 @@ from ecs_imds.protocol.model import Fleet
 from ecs_imds.protocol.snapshot import Snapshot
 from ecs_imds.store import open_store
 from ecs_imds.store.feed import ChangeFeed, SnapshotBuilder
+from ecs_imds.store.keys import ensure_token_keys, rotate_token_key
 from ecs_imds.store.sqlite import SQLiteStore
 from fleets import (
     DEMO_FLEET,

@@ -17,10 +17,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from ecs_imds.control.fleet import ensure_token_keys, export_fleet, import_fleet, rotate_token_key
+from ecs_imds.control.fleet import export_fleet, import_fleet
+from ecs_imds.errors import Conflict, StoreUnavailable
 from ecs_imds.protocol.tokens import TokenKey
 from ecs_imds.store import open_store
-from ecs_imds.store.base import Change, Conflict, Store, StoreDump, StoreUnavailable
+from ecs_imds.store.base import Change, Store, StoreDump
+from ecs_imds.store.keys import ensure_token_keys, rotate_token_key
 from ecs_imds.store.postgres import MIGRATIONS, PostgresStore
 from ecs_imds.store.sqlite import SQLiteStore
 from pg import PostgresCluster

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ecs_imds.control.fleet import ensure_token_keys, rotate_token_key
 from ecs_imds.protocol.model import MAX_TOKEN_TTL
 from ecs_imds.protocol.tokens import KeyRing, TokenKey, keys_to_keep
+from ecs_imds.store.keys import ensure_token_keys, rotate_token_key
 from ecs_imds.store.sqlite import SQLiteStore
 from fleets import NOW
 

@@ -1,4 +1,22 @@
-"""Errors that carry what an operator needs to fix their input."""
+"""Every exception ecs-imds raises on purpose, in one place.
+
+    Exception
+    ├── ValidationError (ValueError)   operator input that cannot be served: the field is named
+    ├── CredentialError                no RAM credential can be had (an issuer failed)
+    ├── StoreError                     the store said no
+    │   ├── StoreUnavailable (OSError) it cannot be reached (database down, hung, refusing)
+    │   ├── Conflict                   a conditional write found another revision
+    │   ├── TargetNotEmpty             `admin migrate` would overwrite a fleet
+    │   └── SourceEmpty                `admin migrate` from a store holding nothing
+    ├── InstanceNotFound (LookupError) no instance with that id
+    ├── ApiError                       an error answer of the control plane (status, Code)
+    ├── ControlPlaneError              an answer a client of the control plane got
+    └── MetadataError                  an answer a client of the data plane got
+
+The data plane raises none of these at an instance: what an instance gets is a status,
+decided as a value (`protocol.decide`). Messages are safe to log: none holds a token, a key,
+a signature or a credential.
+"""
 
 from __future__ import annotations
 
@@ -14,3 +32,62 @@ class ValidationError(ValueError):
     def within(self, prefix: str) -> ValidationError:
         """The same error, located inside a larger document (e.g. `instances[2] (i-x)`)."""
         return ValidationError(f"{prefix}.{self.field}" if self.field else prefix, self.message)
+
+
+class CredentialError(Exception):
+    """No credential can be served; the message is safe to log (it never holds a secret)."""
+
+
+class StoreError(Exception):
+    """Something the store refused or could not do."""
+
+
+class StoreUnavailable(StoreError, OSError):
+    """The store cannot be reached (the database is down or refuses us)."""
+
+
+class Conflict(StoreError):
+    """A conditional write found the instance at another revision than the caller expected
+    (`current` is 0 when the instance does not exist)."""
+
+    def __init__(self, instance_id: str, current: int) -> None:
+        super().__init__(f"{instance_id} is at revision {current}")
+        self.instance_id = instance_id
+        self.current = current
+
+
+class TargetNotEmpty(StoreError):
+    """The target store already holds a fleet; copying would overwrite it."""
+
+
+class SourceEmpty(StoreError):
+    """The source store holds nothing at all: most likely the wrong store."""
+
+
+class InstanceNotFound(LookupError):
+    """No instance with that id."""
+
+
+class ApiError(Exception):
+    """An error answer of the control plane: HTTP `status`, Alibaba-style `code`."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+class ControlPlaneError(Exception):
+    """What a client of the control plane got instead of an answer (status 0: none came)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}" if code else message)
+        self.status, self.code = status, code
+
+
+class MetadataError(Exception):
+    """A data-plane answer other than 200, as a client inside an instance sees it."""
+
+    def __init__(self, status: int, path: str, body: bytes) -> None:
+        super().__init__(f"{path}: HTTP {status} {body[:200].decode(errors='replace')}")
+        self.status = status

@@ -11,12 +11,11 @@ from typing import Any
 import click
 
 from ecs_imds.cli.admin import admin, config_of
-from ecs_imds.clients.metadata import MetadataClient, MetadataError
+from ecs_imds.clients.metadata import MetadataClient
 from ecs_imds.config import Listener, parse_bind
 from ecs_imds.control import fleet
 from ecs_imds.demo import DEMO_VPC, demo_fleet
-from ecs_imds.errors import ValidationError
-from ecs_imds.protocol.credentials import CredentialError
+from ecs_imds.errors import CredentialError, MetadataError, ValidationError
 
 DEMO_LISTEN = "127.0.0.1:8080"
 

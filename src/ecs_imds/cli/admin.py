@@ -20,10 +20,10 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from ecs_imds.clients.control import AdminClient, ApiError
+from ecs_imds.clients.control import AdminClient
 from ecs_imds.config import Config, load
 from ecs_imds.control import fleet
-from ecs_imds.errors import ValidationError
+from ecs_imds.errors import ControlPlaneError, ValidationError
 
 
 def config_of(ctx: click.Context) -> Config:
@@ -63,7 +63,7 @@ class Admin:
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             return self.client.json(method, path, **kwargs)
-        except ApiError as exc:
+        except ControlPlaneError as exc:
             raise click.ClickException(str(exc)) from None
 
     def show(self, data: Any, table: Callable[[Any], Table | str] | None = None) -> None:
@@ -120,7 +120,7 @@ def import_(adm: Admin, file: str, replace: bool) -> None:
                                            lambda n: bar.advance(task, n), params)
         else:
             result = adm.client.upload("/v1/fleet", body, params=params)
-    except ApiError as exc:
+    except ControlPlaneError as exc:
         raise click.ClickException(f"{file}: {exc}; nothing was changed") from None
     click.echo(f"imported {result['Instances']} instances (store version {result['Version']})",
                err=True)
@@ -384,7 +384,7 @@ def identity_cert(adm: Admin) -> None:
     """Print the certificate that verifies instance identity signatures (PEM)."""
     try:
         click.echo(adm.client.request("GET", "/v1/identity/certificate").text, nl=False)
-    except ApiError as exc:
+    except ControlPlaneError as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -440,8 +440,9 @@ def status(adm: Admin) -> None:
 def migrate(adm: Admin, source: str | None, target: str, replace: bool) -> None:
     """Copy the whole fleet to another store (SQLite ⇄ PostgreSQL): instances, defaults,
     token keys, secrets. Works on the stores directly, not through the API."""
+    from ecs_imds.errors import SourceEmpty, TargetNotEmpty
     from ecs_imds.store import open_store
-    from ecs_imds.store.migrate import SourceEmpty, TargetNotEmpty, copy_store
+    from ecs_imds.store.migrate import copy_store
 
     cfg = config_of(adm.ctx)
     try:

@@ -7,11 +7,7 @@ from typing import Any
 
 import httpx
 
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}" if code else message)
-        self.status, self.code = status, code
+from ecs_imds.errors import ControlPlaneError
 
 
 class AdminClient:
@@ -30,13 +26,14 @@ class AdminClient:
         try:
             resp = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise ApiError(0, "", f"control plane unreachable: {exc}") from None
+            raise ControlPlaneError(0, "", f"control plane unreachable: {exc}") from None
         if resp.status_code >= 400:
             try:
                 body = resp.json()
-                raise ApiError(resp.status_code, body.get("Code", ""), body.get("Message", ""))
+                raise ControlPlaneError(resp.status_code, body.get("Code", ""),
+                                        body.get("Message", ""))
             except ValueError:
-                raise ApiError(resp.status_code, "", resp.text[:200]) from None
+                raise ControlPlaneError(resp.status_code, "", resp.text[:200]) from None
         return resp
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:

@@ -13,13 +13,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ecs_imds.config import DEFAULT_ENDPOINT
+from ecs_imds.errors import MetadataError
 from ecs_imds.protocol.access import TOKEN_HEADER, TTL_HEADER
-
-
-class MetadataError(Exception):
-    def __init__(self, status: int, path: str, body: bytes) -> None:
-        super().__init__(f"{path}: HTTP {status} {body[:200].decode(errors='replace')}")
-        self.status = status
 
 
 @dataclass

@@ -27,12 +27,12 @@ from ecs_imds.control import fleet
 from ecs_imds.control import schemas as s
 from ecs_imds.control.audit import Audit
 from ecs_imds.control.auth import Authority, Principal
-from ecs_imds.errors import ValidationError
+from ecs_imds.errors import ApiError, Conflict, InstanceNotFound, ValidationError
 from ecs_imds.metrics import Metrics
 from ecs_imds.protocol.credentials import BuiltinIssuer, Issuer, format_time
 from ecs_imds.protocol.model import USER_DATA_LIMIT, FleetDefaults, Instance, effective
 from ecs_imds.protocol.snapshot import Snapshot
-from ecs_imds.store import Conflict, Store, keys
+from ecs_imds.store import Store, keys
 
 
 @dataclass
@@ -43,13 +43,6 @@ class ControlContext:
     metrics: Metrics
     audit: Audit
     issuer: Issuer | None = None
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
 def _error(status: int, code: str, message: str,
@@ -118,8 +111,8 @@ def create_app(ctx: ControlContext) -> FastAPI:
     async def invalid(_: Request, exc: ValidationError) -> JSONResponse:
         return _error(400, "InvalidParameter", str(exc))
 
-    @app.exception_handler(fleet.NotFound)
-    async def not_found(_: Request, exc: fleet.NotFound) -> JSONResponse:
+    @app.exception_handler(InstanceNotFound)
+    async def not_found(_: Request, exc: InstanceNotFound) -> JSONResponse:
         return _error(404, "InvalidInstanceId.NotFound", f"no instance {exc}")
 
     @app.exception_handler(Conflict)
@@ -446,7 +439,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
     @app.post("/v1/keys/token/rotate", tags=["keys"], response_model=s.TokenKeyOut,
               responses=_responses())
     def rotate_token_key(request: Request) -> s.TokenKeyOut:
-        key = fleet.rotate_token_key(store)
+        key = keys.rotate_token_key(store)
         audit(request, "rotate-token-key", "key-ring", kid=key.kid)
         return s.TokenKeyOut(KeyId=key.kid, KeyIds=sorted(k.kid for k in store.token_keys()))
 

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
 import yaml
 
-from ecs_imds.errors import ValidationError
+from ecs_imds.errors import Conflict, InstanceNotFound, ValidationError
 from ecs_imds.protocol.catalogue import check_renders
 from ecs_imds.protocol.model import Fleet, FleetDefaults, Instance, check_unique, effective
-from ecs_imds.protocol.tokens import TokenKey, keys_to_keep
-from ecs_imds.store import Conflict, Store, StoredInstance
+from ecs_imds.store import Store, StoredInstance
 
 
 def validate(defaults: FleetDefaults, instances: list[Instance], changed: int | None = None
@@ -51,10 +49,6 @@ def import_fleet(store: Store, doc: Any, replace: bool = False) -> int:
                              [i.to_doc() for i in fleet.instances], replace=replace)
 
 
-class NotFound(LookupError):
-    """No instance with that id."""
-
-
 def _defaults(store: Store) -> FleetDefaults:
     return FleetDefaults.from_doc(store.load_defaults())
 
@@ -62,7 +56,7 @@ def _defaults(store: Store) -> FleetDefaults:
 def read_instance(store: Store, instance_id: str) -> StoredInstance:
     found = store.load_instances([instance_id])
     if not found:
-        raise NotFound(instance_id)
+        raise InstanceNotFound(instance_id)
     return found[0]
 
 
@@ -101,7 +95,7 @@ def delete_instance(store: Store, instance_id: str, expect: int | None = None) -
         return store.delete_instance(instance_id, expect)
     except Conflict as exc:
         if exc.current == 0:
-            raise NotFound(instance_id) from None
+            raise InstanceNotFound(instance_id) from None
         raise
 
 
@@ -137,22 +131,3 @@ def dump(doc: dict[str, Any], as_json: bool = False) -> str:
     if as_json:
         return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
     return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
-
-
-def ensure_token_keys(store: Store, now: int | None = None) -> list[TokenKey]:
-    """The key ring, with a first key made on first start (once, even when several servers
-    start at the same time: they all get the same key)."""
-    keys = store.token_keys()
-    if not keys:
-        now = int(time.time()) if now is None else now
-        keys = store.first_token_key(TokenKey.generate(1, now))
-    return keys
-
-
-def rotate_token_key(store: Store, now: int | None = None) -> TokenKey:
-    """Add a new minting key; keep older keys only while tokens they minted may live."""
-    now = int(time.time()) if now is None else now
-    keys = store.token_keys()
-    key = TokenKey.generate(max((k.kid for k in keys), default=0) + 1, now)
-    store.replace_token_keys(keys_to_keep([*keys, key], now))
-    return key

@@ -14,9 +14,10 @@ from urllib.parse import unquote_to_bytes
 
 from prometheus_client.core import Metric
 
+from ecs_imds.errors import CredentialError
 from ecs_imds.metrics import counter
 from ecs_imds.protocol.catalogue import JSON, TEXT, Dynamic, Rendered
-from ecs_imds.protocol.credentials import CredentialError, Issuer, render
+from ecs_imds.protocol.credentials import Issuer, render
 from ecs_imds.protocol.identity import IdentitySigner, with_audience
 
 log = logging.getLogger(__name__)

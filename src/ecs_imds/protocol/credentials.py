@@ -1,12 +1,12 @@
-"""RAM role credentials (SPEC §5): the record, its JSON body, and the issuers behind one interface.
+"""RAM role credentials (SPEC §5): the record, its JSON body, the `Issuer` interface, and the
+built-in issuer, which is pure.
 
-Three issuers:
-- `BuiltinIssuer` derives STS-shaped credentials from one secret. The rotation schedule is a
-  pure function of (secret, instance, role, now), so every server of a fleet serves the same
-  current credential at the same moment without talking to the others, and `verify` tells a
-  relying service (a fake STS or OSS in a test setup) whose credential it holds.
-- `StaticIssuer` serves fixed credentials from JSON files, for test setups.
-- `CommandIssuer` runs an external program (like AWS's `credential_process`) for real STS.
+`BuiltinIssuer` derives STS-shaped credentials from one secret. The rotation schedule is a
+pure function of (secret, instance, role, now), so every server of a fleet serves the same
+current credential at the same moment without talking to the others, and `verify` tells a
+relying service (a fake STS or OSS in a test setup) whose credential it holds. The issuers
+that read files or run programs are in `ecs_imds.issuers`; they parse what they read with
+`from_json` here.
 
 Secrets never appear in a `repr`, an exception message or a log line: a credential in a log is
 a credential handed to whoever reads the log.
@@ -15,33 +15,25 @@ a credential handed to whoever reads the log.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import math
-import os
 import re
-import signal
 import struct
-import subprocess
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Protocol
+
+from ecs_imds.errors import CredentialError
 
 log = logging.getLogger(__name__)
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 DEFAULT_LIFETIME = 6 * 3600
 DEFAULT_REFRESH = 30 * 60
-
-
-class CredentialError(Exception):
-    """No credential can be served; the message is safe to log (it never holds a secret)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +281,7 @@ def _time_field(data: Mapping[str, Any], name: str, where: str) -> int | None:
             f"{where}: field {name} is not a time like 2026-11-28T15:44:50Z") from None
 
 
-def _from_json(data: object, where: str, now: float, lifetime: int,
+def from_json(data: object, where: str, now: float, lifetime: int,
                require_expiration: bool) -> Credential:
     """A Credential from SPEC §5's JSON. Messages name fields, never their values."""
     if not isinstance(data, dict):
@@ -312,7 +304,7 @@ def _from_json(data: object, where: str, now: float, lifetime: int,
     return Credential(key_id, secret, token, expiration, last_updated)
 
 
-def _load_json(raw: bytes, where: str) -> object:
+def load_json(raw: bytes, where: str) -> object:
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -321,191 +313,3 @@ def _load_json(raw: bytes, where: str) -> object:
         ) from None
     except ValueError:
         raise CredentialError(f"{where}: invalid JSON (not UTF-8 text)") from None
-
-
-_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
-
-
-class StaticIssuer:
-    """Fixed credentials per role, for test setups.
-
-    From a directory, `<dir>/<role>.json` is read on every issue, so a test may rewrite it;
-    from a mapping (role → SPEC §5 fields) everything is checked up front. `Expiration` is
-    optional: without it the credential gets a rolling window of `lifetime` that starts on
-    the hour, so clients keep using it without ever seeing it expire.
-    """
-
-    def __init__(self, source: str | os.PathLike[str] | Mapping[str, Mapping[str, Any]],
-                 lifetime: int = DEFAULT_LIFETIME) -> None:
-        self.lifetime = lifetime
-        self._directory: Path | None = None
-        self._fixed: dict[str, Mapping[str, Any]] = {}
-        if isinstance(source, Mapping):
-            for role, data in source.items():
-                _from_json(data, f"static credentials of role {role}", 0, lifetime, False)
-                self._fixed[role] = data
-        else:
-            self._directory = Path(source)
-            if not self._directory.is_dir():
-                raise CredentialError(f"{self._directory}: not a directory of credentials")
-
-    def issue(self, instance_id: str, role: str, now: float) -> Credential:
-        if self._directory is None:
-            data = self._fixed.get(role)
-            if data is None:
-                raise CredentialError(f"no static credentials for role {role}")
-            return _from_json(data, f"static credentials of role {role}", now,
-                              self.lifetime, False)
-        if not _FILE_NAME.fullmatch(role):
-            raise CredentialError(f"role name {role!r} cannot name a credentials file")
-        path = self._directory / f"{role}.json"
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise CredentialError(f"{path}: no such credentials file") from None
-        except OSError as exc:
-            raise CredentialError(f"{path}: cannot read: {exc.strerror}") from None
-        return _from_json(_load_json(raw, str(path)), str(path), now, self.lifetime, False)
-
-
-# --- credentials from an external command -------------------------------------------------
-
-_STDERR_TAIL = 300
-
-
-def _stderr_tail(stderr: bytes) -> str:
-    text = " ".join(stderr[-_STDERR_TAIL:].decode(errors="replace").split())
-    return f"; stderr: {text}" if text else ""
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the program and whatever it started (it runs in its own session)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-class CommandIssuer:
-    """Credentials printed by an operator's program, as AWS's `credential_process`.
-
-    The program gets `ECS_IMDS_INSTANCE_ID` and `ECS_IMDS_ROLE` in its environment and prints
-    SPEC §5's JSON (AccessKeyId, AccessKeySecret, SecurityToken, Expiration at least). Each
-    (instance, role) is cached until `refresh_before` seconds before its Expiration; then the
-    cached one keeps being served while a background thread fetches the next, so only a
-    caller with no valid credential at all ever waits for the program. A failure is
-    remembered for `retry_after` seconds, so a broken program is not run on every request.
-    """
-
-    def __init__(self, argv: Sequence[str], timeout: float = 10,
-                 refresh_before: int = DEFAULT_REFRESH, retry_after: float = 5.0,
-                 env: Mapping[str, str] | None = None) -> None:
-        if not argv:
-            raise ValueError("the credential command needs a program to run")
-        self.argv = list(argv)
-        self.timeout = timeout
-        self.refresh_before = refresh_before
-        self.retry_after = retry_after
-        self._env = dict(env or {})
-        self._name = f"credential command {self.argv[0]}"
-        self._lock = threading.Lock()
-        self._cache: dict[tuple[str, str], Credential] = {}
-        self._failures: dict[tuple[str, str], tuple[float, str]] = {}
-        self._fetching: dict[tuple[str, str], threading.Lock] = {}
-        self._refreshing: dict[tuple[str, str], threading.Thread] = {}
-
-    def issue(self, instance_id: str, role: str, now: float) -> Credential:
-        key = (instance_id, role)
-        with self._lock:
-            cached = self._cache.get(key)
-        if cached is not None and now < cached.expiration:
-            if now >= cached.expiration - self.refresh_before:
-                self._refresh_in_background(key, now)
-            return cached
-        return self._fetch_waiting(key, now)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for background refreshes in flight; True if none is left running."""
-        with self._lock:
-            threads = list(self._refreshing.values())
-        for thread in threads:
-            thread.join(timeout)
-        return not any(thread.is_alive() for thread in threads)
-
-    def _fetch_waiting(self, key: tuple[str, str], now: float) -> Credential:
-        """Run the program while the caller waits; one run at a time per (instance, role)."""
-        with self._lock:
-            gate = self._fetching.setdefault(key, threading.Lock())
-        with gate:
-            with self._lock:
-                cached = self._cache.get(key)
-                failure = self._failures.get(key)
-            if cached is not None and now < cached.expiration:
-                return cached  # fetched by another caller while this one waited
-            if failure is not None and now < failure[0] + self.retry_after:
-                raise CredentialError(failure[1])
-            return self._fetch(key, now)
-
-    def _refresh_in_background(self, key: tuple[str, str], now: float) -> None:
-        with self._lock:
-            if key in self._refreshing:
-                return
-            failure = self._failures.get(key)
-            if failure is not None and now < failure[0] + self.retry_after:
-                return
-            thread = threading.Thread(target=self._refresh, args=(key, now), daemon=True,
-                                      name=f"ecs-imds credentials {key[0]} {key[1]}")
-            self._refreshing[key] = thread
-            thread.start()
-
-    def _refresh(self, key: tuple[str, str], now: float) -> None:
-        try:
-            self._fetch(key, now)
-        except CredentialError as exc:
-            log.warning("refreshing RAM credentials of instance %s role %s failed, "
-                        "serving the cached ones until they expire: %s", key[0], key[1], exc)
-        finally:
-            with self._lock:
-                self._refreshing.pop(key, None)
-
-    def _fetch(self, key: tuple[str, str], now: float) -> Credential:
-        try:
-            credential = self._run(key[0], key[1], now)
-        except CredentialError as exc:
-            with self._lock:
-                self._failures[key] = (now, str(exc))
-            raise
-        with self._lock:
-            self._failures.pop(key, None)
-            cached = self._cache.get(key)
-            if cached is None or credential.expiration >= cached.expiration:
-                self._cache[key] = credential
-            for stale in [k for k, c in self._cache.items() if c.expiration <= now]:
-                del self._cache[stale]
-            return self._cache.get(key, credential)
-
-    def _run(self, instance_id: str, role: str, now: float) -> Credential:
-        env = {**os.environ, **self._env,
-               "ECS_IMDS_INSTANCE_ID": instance_id, "ECS_IMDS_ROLE": role}
-        try:
-            proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, env=env, start_new_session=True)
-        except OSError as exc:
-            raise CredentialError(f"{self._name}: cannot run it: {exc.strerror}") from None
-        with proc:
-            try:
-                out, err = proc.communicate(timeout=self.timeout)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                raise CredentialError(
-                    f"{self._name}: no answer within {self.timeout:g} s, killed") from None
-        if proc.returncode < 0:
-            raise CredentialError(
-                f"{self._name}: killed by signal {-proc.returncode}{_stderr_tail(err)}")
-        if proc.returncode != 0:
-            raise CredentialError(
-                f"{self._name}: exited with code {proc.returncode}{_stderr_tail(err)}")
-        where = f"{self._name} output"
-        credential = _from_json(_load_json(out, where), where, now, 0, True)
-        if credential.expiration <= now:
-            raise CredentialError(f"{where}: the credential has already expired")
-        return credential

@@ -18,9 +18,9 @@ from ecs_imds.config import ApiSettings, Config, parse_bind
 from ecs_imds.control.app import ControlContext, create_app
 from ecs_imds.control.audit import Audit, json_logger
 from ecs_imds.control.auth import SECRET_NAME, Authority, new_secret, write_admin_token
-from ecs_imds.control.fleet import ensure_token_keys
 from ecs_imds.dataplane.fulfil import Secrets
 from ecs_imds.dataplane.plane import DataPlane, bind_socket
+from ecs_imds.issuers import open_issuer
 from ecs_imds.metrics import Metrics
 from ecs_imds.server.workers import run_workers
 from ecs_imds.store import Store, keys, open_store
@@ -44,9 +44,9 @@ class Service:
     def open(cls, config: Config) -> Service:
         """Open the store and everything secret; a bad setting fails here, before serving."""
         store = open_store(config.store, config.data_dir)
-        ensure_token_keys(store)
+        keys.ensure_token_keys(store)
         identity = keys.identity_blob(store)
-        dynamic = Secrets(keys.credential_issuer(store, config.credentials),
+        dynamic = Secrets(open_issuer(store, config.credentials),
                           keys.identity_signer(store, identity))
         service = cls(config, store, dynamic, Authority(store.secret(SECRET_NAME, new_secret)))
         service._identity = identity

@@ -23,19 +23,6 @@ class StoredInstance:
     revision: int
 
 
-class Conflict(Exception):
-    """A conditional write found the instance at another revision than the caller expected."""
-
-    def __init__(self, instance_id: str, current: int) -> None:
-        super().__init__(f"{instance_id} is at revision {current}")
-        self.instance_id = instance_id
-        self.current = current
-
-
-class StoreUnavailable(OSError):
-    """The store cannot be reached (the database is down or refuses us)."""
-
-
 # PostgreSQL's NOTIFY payload is limited to 8000 bytes; longer lists become `everything`.
 MAX_PAYLOAD = 7900
 

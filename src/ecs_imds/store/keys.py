@@ -1,13 +1,14 @@
-"""The secrets a fleet keeps in its store: the identity signing key and certificate, and
-the RAM credential issuer's secret. Made on first use, once, whichever server starts first."""
+"""The keys a fleet keeps in its store: the token key ring, the identity signing key and
+certificate, and the builtin credential issuer's secret. Made on first use, once, whichever
+server starts first; rotated here."""
 
 from __future__ import annotations
 
 import os
+import time
 
-from ecs_imds.config import CredentialSettings
-from ecs_imds.protocol.credentials import BuiltinIssuer, CommandIssuer, Issuer, StaticIssuer
 from ecs_imds.protocol.identity import IdentitySigner, generate_signing_identity
+from ecs_imds.protocol.tokens import TokenKey, keys_to_keep
 from ecs_imds.store import Store
 
 IDENTITY = "identity"
@@ -34,11 +35,25 @@ def rotate_identity(store: Store) -> int:
     return store.set_secret(IDENTITY, _identity_blob())
 
 
-def credential_issuer(store: Store, settings: CredentialSettings) -> Issuer:
-    if settings.issuer == "static":
-        assert settings.static_dir is not None
-        return StaticIssuer(settings.static_dir)
-    if settings.issuer == "command":
-        return CommandIssuer(list(settings.command))
-    return BuiltinIssuer(store.secret(CREDENTIALS, lambda: os.urandom(32)),
-                         lifetime=settings.lifetime, refresh=settings.refresh)
+def ensure_token_keys(store: Store, now: int | None = None) -> list[TokenKey]:
+    """The key ring, with a first key made on first start (once, even when several servers
+    start at the same time: they all get the same key)."""
+    keys = store.token_keys()
+    if not keys:
+        now = int(time.time()) if now is None else now
+        keys = store.first_token_key(TokenKey.generate(1, now))
+    return keys
+
+
+def rotate_token_key(store: Store, now: int | None = None) -> TokenKey:
+    """Add a new minting key; keep older keys only while tokens they minted may live."""
+    now = int(time.time()) if now is None else now
+    keys = store.token_keys()
+    key = TokenKey.generate(max((k.kid for k in keys), default=0) + 1, now)
+    store.replace_token_keys(keys_to_keep([*keys, key], now))
+    return key
+
+
+def credential_secret(store: Store) -> bytes:
+    """The builtin issuer's secret (RAM credentials are derived from it)."""
+    return store.secret(CREDENTIALS, lambda: os.urandom(32))

@@ -11,15 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ecs_imds.errors import SourceEmpty, TargetNotEmpty
 from ecs_imds.store.base import Store
-
-
-class TargetNotEmpty(Exception):
-    """The target already holds a fleet; copying would overwrite it."""
-
-
-class SourceEmpty(Exception):
-    """The source holds nothing at all: most likely the wrong store."""
 
 
 @dataclass(frozen=True, slots=True)

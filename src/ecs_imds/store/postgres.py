@@ -30,8 +30,9 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
+from ecs_imds.errors import Conflict, StoreUnavailable
 from ecs_imds.protocol.tokens import TokenKey
-from ecs_imds.store.base import Change, Conflict, StoredInstance, StoreDump, StoreUnavailable
+from ecs_imds.store.base import Change, StoredInstance, StoreDump
 
 log = logging.getLogger("ecs_imds.store")
 

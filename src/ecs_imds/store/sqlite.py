@@ -10,8 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ecs_imds.errors import Conflict
 from ecs_imds.protocol.tokens import TokenKey
-from ecs_imds.store.base import Conflict, StoredInstance, StoreDump
+from ecs_imds.store.base import StoredInstance, StoreDump
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
