@@ -34,8 +34,11 @@ debs:
 serve: $(STAMP)
 	$(BIN)/ecs-imds --data-dir data/demo serve --demo
 
+# ruff; mypy --strict on src/; the import contracts of pyproject.toml (docs/architecture.md).
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy --strict src
+	$(BIN)/lint-imports
 
 test: $(STAMP) debs lint
 	$(BIN)/pytest

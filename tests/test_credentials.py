@@ -461,7 +461,7 @@ def test_command_issuer_keeps_serving_when_a_refresh_fails(
     issuer = program.issuer()
     first = issuer.issue("i-1", "EcsRole", NOW)
     program.mode("exit")
-    with caplog.at_level(logging.WARNING, logger="ecs_imds.protocol.credentials"):
+    with caplog.at_level(logging.WARNING, logger="ecs_imds.issuers.command"):
         assert issuer.issue("i-1", "EcsRole", first.expiration - 60) is first
         assert issuer.wait(timeout=20)
     assert "exited with code 1" in caplog.text

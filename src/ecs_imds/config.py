@@ -143,7 +143,7 @@ def _proxy_trusted(doc: Any, where: str) -> tuple[str, ...]:
     return tuple(networks)
 
 
-def _section(doc: dict[str, Any], name: str, cls: type, where: str) -> Any:
+def _section(doc: dict[str, Any], name: str, cls: Any, where: str) -> Any:
     sub = doc.get(name) or {}
     if not isinstance(sub, dict):
         raise ValidationError(name, "must be a mapping")

@@ -23,7 +23,7 @@ class Metrics:
         self.snapshot = snapshot
         self.sources = sources
         self.registry = CollectorRegistry()
-        self.registry.register(self)  # type: ignore[arg-type]
+        self.registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
         for source in self.sources():

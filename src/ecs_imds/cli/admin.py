@@ -179,7 +179,7 @@ def _instances_table(data: dict[str, Any]) -> Table:
 @click.option("--page-size", type=click.IntRange(1, 1000), default=100, show_default=True)
 @click.option("--page-token")
 @pass_admin
-def instance_list(adm: Admin, **filters: Any) -> None:
+def instance_list(adm: Admin, /, **filters: Any) -> None:
     params = {k.replace("_", "-"): v for k, v in filters.items() if v is not None}
     adm.show(adm.call("GET", "/v1/instances", params=params), _instances_table)
 

@@ -101,7 +101,8 @@ def create_app(ctx: ControlContext) -> FastAPI:
         if request.method not in ("GET", "HEAD") and not principal.may_write:
             return _error(403, "Forbidden", f"token {principal.name} is read-only")
         request.state.principal = principal
-        return await call_next(request)
+        response: Response = await call_next(request)
+        return response
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:

@@ -84,10 +84,10 @@ def answered(plane: DataPlane, listener: ListenerState, sock: socket.socket, pee
     now = time.time()
     limiter = plane.limiter
     answer = resolve_get(target, token, caller, snap, now, limiter if limiter.rate else None)
-    if answer.__class__ is Leaf:
-        out, status = render_leaf(answer, now, False), 200  # type: ignore[arg-type]
+    if isinstance(answer, Leaf):
+        out, status = render_leaf(answer, now, False), 200
     else:
-        out, status = render_response(answer, False, False), answer.status  # type: ignore[union-attr]
+        out, status = render_response(answer, False, False), answer.status
     plane.count(status)
     try:
         sent = sock.send(out, _DONTWAIT)

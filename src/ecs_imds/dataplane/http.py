@@ -160,7 +160,7 @@ def simple_request(data: bytes, max_target: int, max_headers: int) -> Simple | N
         for name in _PROXIED:
             if name in low:
                 return None
-    values = []
+    values: list[bytes | None] = []
     for name in (_LENGTH, _CONNECTION, _TOKEN, _TTL):
         at = low.find(name)
         if at < 0:
@@ -281,15 +281,16 @@ class HttpConnection(asyncio.Protocol):
                 answer = resolve_get(target, token, caller, snap, now,
                                      limiter if limiter.rate else None)
                 transport = self.transport
-                if answer.__class__ is Leaf and transport is not None:
-                    body = answer.body  # type: ignore[union-attr]
+                if isinstance(answer, Leaf) and transport is not None:
+                    body = answer.body
                     transport.write(b"".join((
-                        _heads[answer.content_type][len(body)],  # type: ignore[union-attr]
+                        _heads[answer.content_type][len(body)],
                         _date if int(now) == _date_second else _date_line(now),
                         _KEEP if keep_alive else _CLOSE, body)))
                     plane.stats.responses[200] += 1
                 else:
-                    self._write(answer, keep_alive, False)  # type: ignore[arg-type]
+                    assert not isinstance(answer, Leaf)
+                    self._write(answer, keep_alive, False)
                 if keep_alive:
                     self.deadline = time.monotonic() + plane.limits.idle_timeout
                 else:

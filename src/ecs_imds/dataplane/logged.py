@@ -15,7 +15,7 @@ import time
 from ecs_imds.dataplane.http import HttpConnection
 from ecs_imds.protocol.decide import Response
 
-access = logging.getLogger("ecs_imds.protocol.access")
+access = logging.getLogger("ecs_imds.access")
 
 
 class LoggedConnection(HttpConnection):

@@ -13,6 +13,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
+from functools import partial
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from ecs_imds.config import Limits, Listener
@@ -93,8 +94,7 @@ class DataPlane:
                 ip_network(n) for n in listener.proxy_trusted or ()))
             if self.access_log and listener.proxy_trusted is None:
                 server = await loop.create_server(
-                    lambda state=state: LoggedConnection(self, state), sock=sock,
-                    backlog=LISTEN_BACKLOG)
+                    partial(LoggedConnection, self, state), sock=sock, backlog=LISTEN_BACKLOG)
                 self.servers.append(server)
             elif listener.proxy_trusted is None:
                 sock.listen(LISTEN_BACKLOG)
@@ -102,8 +102,7 @@ class DataPlane:
                 self.listening.append(sock)
             else:  # only a PROXY protocol listener pays for reading the header
                 server = await loop.create_server(
-                    lambda state=state: ProxiedConnection(self, state), sock=sock,
-                    backlog=LISTEN_BACKLOG)
+                    partial(ProxiedConnection, self, state), sock=sock, backlog=LISTEN_BACKLOG)
                 self.servers.append(server)
             log.info("data plane listening on %s for %s", listener.bind, listener.vpc_id)
         self._sweeper = asyncio.create_task(self._sweep())

@@ -33,10 +33,10 @@ BUILTIN = {
     "network-type": "vpc",
     "virtualization-solution": "ECS Virt",
     "virtualization-solution-version": "2.0",
-    "dns-nameservers": ("100.100.2.136", "100.100.2.138"),
-    "ntp-servers": ("ntp1.aliyun.com", "ntp2.aliyun.com", "ntp3.aliyun.com"),
     "source-address": "http://mirrors.cloud.aliyuncs.com",
 }
+BUILTIN_NAMESERVERS = ("100.100.2.136", "100.100.2.138")
+BUILTIN_NTP_SERVERS = ("ntp1.aliyun.com", "ntp2.aliyun.com", "ntp3.aliyun.com")
 
 # The identity document's keys, in SPEC §5's order.
 DOCUMENT_KEYS = ("zone-id", "serial-number", "instance-id", "region-id", "private-ipv4",
@@ -165,8 +165,10 @@ def _meta_data(pool: Pool, e: Effective) -> dict[str, Node]:
     inst, v = e.instance, e.values
     nic = inst.primary
     t = pool.text  # a short alias keeps the table readable
-    macs = {n.mac: _interface(pool, n)
-            for n in sorted(inst.network_interfaces, key=lambda n: n.mac)}
+    interfaces = {n.mac: _interface(pool, n)
+                  for n in sorted(inst.network_interfaces, key=lambda n: n.mac)}
+    primary_ip = interfaces[nic.mac]["primary-ip-address"]
+    macs: dict[str, Node] = dict(interfaces)
 
     instance: dict[str, Node] = {
         "instance-name": _own(e.instance_name),
@@ -207,7 +209,7 @@ def _meta_data(pool: Pool, e: Effective) -> dict[str, Node]:
         "vswitch-id": t(nic.vswitch_id),
         "vswitch-cidr-block": t(nic.vswitch_cidr_block),
         "mac": _own(nic.mac),
-        "private-ipv4": macs[nic.mac]["primary-ip-address"],  # the same leaf
+        "private-ipv4": primary_ip,  # the same leaf as the interface's
     }
     if len(nic.private_ipv4s) > 1:
         md["sub-private-ipv4-list"] = _crlf(pool, nic.private_ipv4s[1:])
@@ -223,8 +225,8 @@ def _meta_data(pool: Pool, e: Effective) -> dict[str, Node]:
         md["public-keys"] = {k: {"openssh-key": t(inst.public_keys[k])}
                              for k in sorted(inst.public_keys)}
     md["dns-conf"] = {"nameservers": _crlf(pool, v.dns_nameservers
-                                          or BUILTIN["dns-nameservers"])}
-    md["ntp-conf"] = {"ntp-servers": _crlf(pool, v.ntp_servers or BUILTIN["ntp-servers"])}
+                                          or BUILTIN_NAMESERVERS)}
+    md["ntp-conf"] = {"ntp-servers": _crlf(pool, v.ntp_servers or BUILTIN_NTP_SERVERS)}
     md["source-address"] = t(v.source_address or BUILTIN["source-address"])
     if v.kms_server:
         md["kms-server"] = t(v.kms_server)
@@ -238,7 +240,8 @@ def _meta_data(pool: Pool, e: Effective) -> dict[str, Node]:
     md["hibernation"] = {"configured": t("true" if v.hibernation_configured else "false")}
     md["launch-index"] = t(str(inst.launch_index))
     if e.options.tags_exposed:
-        tags = {k: t(val) for k, val in sorted(inst.tags.items()) if exposable_tag(k)}
+        tags: dict[str, Node] = {k: t(val) for k, val in sorted(inst.tags.items())
+                                 if exposable_tag(k)}
         if tags:
             md["tags"] = {"instance": tags}
     if v.ram_role:
@@ -301,16 +304,16 @@ def _flatten(pool: Pool, node: dict[str, Node], path: str, out: dict[str, Entry]
         child_path = prefix + name
         if shared:
             child_path = sys.intern(child_path)
-        if child.__class__ is dict:
+        if isinstance(child, dict):
             names.append(name + "/")
-            sub = _flatten(pool, child, child_path, out, json_view, shared)  # type: ignore[arg-type]
+            sub = _flatten(pool, child, child_path, out, json_view, shared)
             if json_view:
                 view[name] = sub
         else:
             names.append(name)
-            out[child_path] = child  # type: ignore[assignment]
-            if json_view and child.__class__ is Leaf:
-                view[name] = child.body.decode()  # type: ignore[union-attr]
+            out[child_path] = child
+            if json_view and isinstance(child, Leaf):
+                view[name] = child.body.decode()
     body = "\n".join(names).encode()
     out[path] = Leaf(body, TEXT) if own else pool.leaf(body)
     return view

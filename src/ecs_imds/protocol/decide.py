@@ -131,8 +131,8 @@ def resolve_get(path: str, token: str | None, caller: Rendered | None, snap: Sna
         elif caller.options.tokens_required:
             return error(403)
         entry = caller.entries.get(rest)
-        if entry.__class__ is Leaf:
-            return entry  # type: ignore[return-value]
+        if isinstance(entry, Leaf):
+            return entry
     headers = _EMPTY if token is None else {access.TOKEN_HEADER: token}
     return resolve(Request("GET", path, "", headers), caller, snap, now)  # limiter: applied
 

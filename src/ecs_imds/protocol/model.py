@@ -171,6 +171,10 @@ def _ipv6_net(value: str) -> None:
     ipaddress.IPv6Network(value)
 
 
+def _uuid(value: str) -> None:
+    uuid.UUID(value)
+
+
 def _timestamp(value: str) -> None:
     if not _TIMESTAMP.fullmatch(value):
         raise ValueError(f"{value!r} is not a UTC time like 2020-04-07T17:03:00Z")
@@ -536,7 +540,7 @@ class Instance:
             values=values,
             instance_name=r.string("instance-name", max_len=128),
             hostname=r.string("hostname", re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}")),
-            serial_number=r.string("serial-number", check=lambda v: uuid.UUID(v) and None),
+            serial_number=r.string("serial-number", check=_uuid),
             last_host_landing_time=r.string("last-host-landing-time", max_len=64),
             image_product_code=r.string("image-product-code", max_len=128),
             image_charge_type=r.string("image-charge-type", max_len=64),

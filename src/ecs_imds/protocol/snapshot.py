@@ -114,9 +114,9 @@ class Snapshot:
                     return None
         if found is None:
             found = self.by_address.get((vpc_id, ip))
-        if found is None or found.__class__ is Rendered:
-            return found  # type: ignore[return-value]
-        return found.get()  # type: ignore[union-attr]
+        if found is None or isinstance(found, Rendered):
+            return found
+        return found.get()
 
 
 def index(rendered: Iterable[tuple[Rendered | Deferred, Iterable[str]]]
@@ -183,7 +183,8 @@ class Index:
             if self._clean and len(changed) + len(gone) <= len(cache) // 2:
                 patched = self._patch(cache, changed, gone)
             if patched is None:
-                *patched, self._clean = _index((e[1], e[2]) for e in cache.values())
+                by_address, by_id, self._clean = _index((e[1], e[2]) for e in cache.values())
+                patched = by_address, by_id
             self._by_address, self._by_id = patched
             self._items = dict(cache)
         return self._by_address, self._by_id

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import uvicorn
 import uvloop
+from fastapi import FastAPI
 
 from ecs_imds.config import ApiSettings, Config, parse_bind
 from ecs_imds.control.app import ControlContext, create_app
@@ -22,6 +23,7 @@ from ecs_imds.dataplane.fulfil import Secrets
 from ecs_imds.dataplane.plane import DataPlane, bind_socket
 from ecs_imds.issuers import open_issuer
 from ecs_imds.metrics import Metrics
+from ecs_imds.protocol.snapshot import Snapshot
 from ecs_imds.server.workers import run_workers
 from ecs_imds.store import Store, keys, open_store
 from ecs_imds.store.feed import ChangeFeed, SnapshotBuilder
@@ -65,7 +67,7 @@ class Service:
             self.dynamic.signer = keys.identity_signer(self.store, blob)
             self._identity = blob
 
-    def control_app(self) -> object:
+    def control_app(self) -> FastAPI:
         ctx = ControlContext(
             store=self.store, authority=self.authority,
             snapshot=lambda: self.plane.snapshot if self.plane else None,
@@ -108,10 +110,12 @@ class Service:
         plane = self.plane = DataPlane(first, self.config.limits,
                                        access_log=self.config.access_log is not None)
         if self.config.access_log is not None:
-            json_logger("ecs_imds.protocol.access", self.config.access_log)
-        feed = ChangeFeed(builder, first,
-                          lambda snap: loop.call_soon_threadsafe(plane.install, snap),
-                          self.config.poll_interval)
+            json_logger("ecs_imds.access", self.config.access_log)
+
+        def publish(snap: Snapshot) -> None:
+            loop.call_soon_threadsafe(plane.install, snap)
+
+        feed = ChangeFeed(builder, first, publish, self.config.poll_interval)
         feed.start()
         await plane.start(list(zip(listeners, sockets, strict=True)))
         api = await self._start_api(self.config.api) if self.config.api.enabled else None

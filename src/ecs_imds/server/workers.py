@@ -54,9 +54,9 @@ def run_workers(count: int, serve: Callable[[int], None]) -> int:
             pid, code = os.wait()
         except ChildProcessError:
             break
-        index = children.pop(pid, None)
-        if index is None:
+        if pid not in children:
             continue
+        index = children.pop(pid)
         if os.waitstatus_to_exitcode(code) != 0 or not stopping:
             if not stopping:
                 log.error("worker %d (pid %d) exited; stopping the others", index, pid)
