@@ -49,6 +49,7 @@ class ServerProcess:
         self.fleet_path.write_text(yaml.safe_dump(dict(fleet), sort_keys=False))
         self.proc: subprocess.Popen[str] | None = None
         self.log_path = workdir / "server.log"
+        self.port = 0  # the data plane's port, where a helper chose it
 
     def admin(self, *args: str, check: bool = True, input: str | None = None
               ) -> subprocess.CompletedProcess[str]:
@@ -154,6 +155,22 @@ class ServerProcess:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.workdir / "data", ignore_errors=True)
+
+
+def demo_server(workdir: Path, aliases: Mapping[str, str], **settings: Any) -> ServerProcess:
+    """The demo fleet served on a free loopback port (`.port`, callers told apart by
+    `aliases`), its API on another; started, and serving when this returns."""
+    from ecs_imds.demo import DEMO_VPC, demo_fleet
+
+    port = free_port()
+    settings.setdefault("api", {"bind": f"127.0.0.1:{free_port()}"})
+    srv = ServerProcess(workdir, demo_fleet(),
+                        [{"bind": f"127.0.0.1:{port}", "vpc-id": DEMO_VPC,
+                          "aliases": dict(aliases)}], limits={"rate": 0}, **settings)
+    srv.port = port
+    srv.start()
+    srv.wait_ready("127.0.0.1", port)
+    return srv
 
 
 def http(port: int, raw: bytes, source: str = "127.0.0.1", host: str = "127.0.0.1",

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ecs_imds.demo import DEMO_VPC, demo_fleet
-from server import ECS_IMDS, ServerProcess, free_port, get
+from ecs_imds.demo import DEMO_VPC
+from server import ECS_IMDS, ServerProcess, demo_server, get
 
 WEB, HARDENED, SPOT = (f"i-bp1demo000000000000{n}" for n in (1, 2, 3))
 ALIASES = {"127.0.0.1": WEB, "127.0.0.2": HARDENED, "127.0.0.3": SPOT}
@@ -23,13 +23,7 @@ ALIASES = {"127.0.0.1": WEB, "127.0.0.2": HARDENED, "127.0.0.3": SPOT}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    port, api_port = free_port(), free_port()
-    srv = ServerProcess(tmp_path_factory.mktemp("api"), demo_fleet(),
-                        [{"bind": f"127.0.0.1:{port}", "vpc-id": DEMO_VPC, "aliases": ALIASES}],
-                        api={"bind": f"127.0.0.1:{api_port}"}, limits={"rate": 0})
-    srv.port = port  # type: ignore[attr-defined]
-    srv.start()
-    srv.wait_ready("127.0.0.1", port)
+    srv = demo_server(tmp_path_factory.mktemp("api"), ALIASES)
     yield srv
     srv.cleanup()
 
@@ -218,7 +212,7 @@ def test_health_and_metrics(api: httpx.Client, server: ServerProcess) -> None:
     assert api.get("/healthz").json() == {"status": "ok"}
     ready = api.get("/readyz").json()
     assert ready["ready"] is True and ready["stale"] is False and ready["instances"] >= 3
-    port = server.port  # type: ignore[attr-defined]
+    port = server.port
     get(port, "/latest/meta-data/instance-id")
     get(port, "/latest/meta-data/ram/security-credentials/demo-ecs-role")
     text = api.get("/metrics").text
@@ -264,7 +258,7 @@ def test_audit_log_says_who_changed_what_and_no_secret(api: httpx.Client,
 
 
 def test_token_key_rotation_keeps_old_tokens(api: httpx.Client, server: ServerProcess) -> None:
-    port = server.port  # type: ignore[attr-defined]
+    port = server.port
     ttl = {"X-aliyun-ecs-metadata-token-ttl-seconds": "60"}
     _, _, old = get(port, "/latest/api/token", "127.0.0.2", ttl, method="PUT")
     rotated = api.post("/v1/keys/token/rotate").json()

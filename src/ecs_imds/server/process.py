@@ -16,9 +16,10 @@ import uvloop
 from fastapi import FastAPI
 
 from ecs_imds.config import ApiSettings, Config, parse_bind
-from ecs_imds.control.app import ControlContext, create_app
+from ecs_imds.control.app import create_app
 from ecs_imds.control.audit import Audit, json_logger
 from ecs_imds.control.auth import SECRET_NAME, Authority, new_secret, write_admin_token
+from ecs_imds.control.context import ControlContext
 from ecs_imds.dataplane.fulfil import Secrets
 from ecs_imds.dataplane.plane import DataPlane, bind_socket
 from ecs_imds.issuers import open_issuer
@@ -74,7 +75,7 @@ class Service:
             metrics=Metrics(lambda: self.plane.snapshot if self.plane else None,
                             lambda: [self.dynamic, *([self.plane.stats] if self.plane else [])]),
             audit=Audit(json_logger("ecs_imds.audit", self.config.audit_path)),
-            issuer=self.dynamic.issuer)
+            issuer=lambda: self.dynamic.issuer)
         return create_app(ctx)
 
     async def _start_api(self, api: ApiSettings) -> tuple[uvicorn.Server, socket.socket]:

@@ -1,0 +1,13 @@
+"""The control plane's routes, one module per resource family; `ROUTERS` is all of them, in
+the order the API's documentation lists them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from ecs_imds.control.routes import fleet, health, instances, items, keys, options, tokens
+
+ROUTERS: tuple[APIRouter, ...] = (
+    instances.router, options.router, items.router, fleet.router, keys.router,
+    tokens.router, health.router,
+)
