@@ -8,6 +8,7 @@ on the same data as a test wants (each one is "another server"). PostgreSQL-only
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,10 +19,10 @@ import psycopg
 import pytest
 
 from ecs_imds.control.fleet import export_fleet, import_fleet
-from ecs_imds.errors import Conflict, StoreUnavailable
+from ecs_imds.errors import AddressTaken, Conflict, StoreUnavailable
 from ecs_imds.protocol.tokens import TokenKey
 from ecs_imds.store import open_store
-from ecs_imds.store.base import Change, Store, StoreDump
+from ecs_imds.store.base import FLEET, PRUNE_EVERY, Change, Changes, Store, StoreDump
 from ecs_imds.store.keys import ensure_token_keys, rotate_token_key
 from ecs_imds.store.postgres import MIGRATIONS, PostgresStore
 from ecs_imds.store.sqlite import SQLiteStore
@@ -320,6 +321,16 @@ def test_fleet_copied_between_stores_without_loss(tmp_path: Path, postgres: Post
         postgres.drop_database(url)
 
 
+def placed(instance_id: str, host: str | None = None, ip: str = "10.0.0.2",
+           vpc: str = VPC, **extra: Any) -> dict[str, Any]:
+    """A document as the store sees it: only what it indexes."""
+    doc: dict[str, Any] = {"instance-id": instance_id, **extra, "network-interfaces": [
+        {"vpc-id": vpc, "private-ipv4s": [ip]}]}
+    if host is not None:
+        doc["dedicated-host-id"] = host
+    return doc
+
+
 def test_subscription_only_where_there_are_notices(backend: Backend, store: Store) -> None:
     subscription = store.subscribe()
     if backend.kind == "sqlite":
@@ -328,8 +339,8 @@ def test_subscription_only_where_there_are_notices(backend: Backend, store: Stor
     assert subscription is not None
     try:
         assert subscription.wait(0.05) == []
-        store.write_fleet(None, [{"instance-id": "i-a"}, {"instance-id": "i-b"}])
-        store.put_instance({"instance-id": "i-a", "n": 1}, None)
+        store.write_fleet(None, [placed("i-a", "h1", "10.0.0.2"), placed("i-b", None, "10.0.0.3")])
+        store.put_instance(placed("i-a", "h2", "10.0.0.2", n=1), None)
         store.delete_instances(["i-b"])
         store.replace_token_keys([TokenKey(1, b"k" * 32, 1)])
         store.write_fleet({}, [])
@@ -339,9 +350,12 @@ def test_subscription_only_where_there_are_notices(backend: Backend, store: Stor
             got = subscription.wait(5)
             assert got, "no notice within 5 s"
             notices += got
+        fleet_wide = {FLEET: frozenset()}
         assert notices == [
-            Change(1, frozenset({"i-a", "i-b"})), Change(2, frozenset({"i-a"})),
-            Change(3, frozenset({"i-b"})), Change(4), Change(5, everything=True), Change(6)]
+            Change(1, {"h1": frozenset({"i-a"}), "": frozenset({"i-b"})}),
+            Change(2, {"h1": frozenset({"i-a"}), "h2": frozenset({"i-a"})}),  # moved
+            Change(3, {"": frozenset({"i-b"})}), Change(4, fleet_wide), Change(5, fleet_wide),
+            Change(6, fleet_wide)]
         with pytest.raises(Conflict):  # a refused write sends nothing
             store.put_instance({"instance-id": "i-a"}, 0)
         assert subscription.wait(0.1) == []
@@ -349,22 +363,157 @@ def test_subscription_only_where_there_are_notices(backend: Backend, store: Stor
         subscription.close()
 
 
+def test_change_log_within_a_scope(store: Store) -> None:
+    v1 = store.write_fleet(DEFAULTS, [placed("i-a", "h1", "10.0.0.2"),
+                                      placed("i-b", "h2", "10.0.0.3"),
+                                      placed("i-c", None, "10.0.0.4")])
+    assert store.changes(0) == Changes(v1, frozenset({"i-a", "i-b", "i-c"}), fleet=True)
+    assert store.changes(0, frozenset({"h1"})) == Changes(v1, frozenset({"i-a"}), fleet=True)
+    assert store.changes(v1, frozenset({"h1"})) == Changes(v1)
+    v2 = store.put_instance(placed("i-b", "h3", "10.0.0.3"), None)  # h2 → h3
+    v3 = store.delete_instance("i-a", None)
+    v4 = store.put_instance(placed("i-d", "h9", "10.0.0.5"), 0)
+    assert store.changes(v1, frozenset({"h1"})) == Changes(v4, frozenset({"i-a"}))
+    assert store.changes(v1, frozenset({"h2"})) == Changes(v4, frozenset({"i-b"}))  # gone
+    assert store.changes(v1, frozenset({"h3"})) == Changes(v4, frozenset({"i-b"}))  # came
+    assert store.changes(v3, frozenset({"h1", "h2", "h3"})) == Changes(v4)  # elsewhere
+    assert store.changes(v2) == Changes(v4, frozenset({"i-a", "i-d"}))
+    v5 = store.set_secret("s", b"v")
+    assert store.changes(v4, frozenset({"h1"})) == Changes(v5, fleet=True)
+    assert store.changes(v5 + 1).resync  # a version the store never had: read it all again
+    assert store.revisions(frozenset({"h3", "h9"})) == {"i-b": v2, "i-d": v4}
+    assert [s.instance_id for s in store.load_instances(None, frozenset({"h9", "h3"}))] == [
+        "i-b", "i-d"]
+    assert store.load_instances(["i-b", "i-c"], frozenset({"h9"})) == []
+    assert [s.instance_id for s in store.load_instances(["i-b", "i-c"])] == ["i-b", "i-c"]
+
+
+def test_change_log_retention(backend: Backend, tmp_path: Path) -> None:
+    if backend.kind == "sqlite":
+        store: Store = SQLiteStore(tmp_path / "short.db", retention=0)
+    else:
+        store = PostgresStore(backend.url, retention=0)
+    backend.opened.append(store)
+    first = store.put_instance(placed("i-a", "h1"), None)
+    while store.version() < PRUNE_EVERY:  # the write at PRUNE_EVERY prunes what is older
+        store.put_instance(placed("i-b", "h2", "10.0.0.3"), None)
+    assert store.changes(first - 1, frozenset({"h1"})).resync
+    assert store.changes(PRUNE_EVERY) == Changes(PRUNE_EVERY)
+    store.restore(store.dump())  # a restore starts the log again: every reader reads it all
+    assert store.changes(PRUNE_EVERY).resync
+    assert store.changes(store.version()) == Changes(store.version())
+
+
+def test_an_address_belongs_to_one_instance_per_vpc(store: Store) -> None:
+    store.write_fleet(None, [placed("i-a", ip="10.0.0.2"), placed("i-z", ip="10.0.0.2",
+                                                                  vpc=OTHER_VPC)])
+    with pytest.raises(AddressTaken) as taken:
+        store.put_instance(placed("i-b", ip="10.0.0.2"), None)
+    assert (taken.value.vpc_id, taken.value.address, taken.value.owner,
+            taken.value.claimant) == (VPC, "10.0.0.2", "i-a", "i-b")
+    with pytest.raises(AddressTaken):
+        store.write_fleet(None, [placed("i-b", ip="10.0.0.2")])
+    with pytest.raises(AddressTaken):  # two of one batch
+        store.write_fleet(None, [placed("i-b", ip="10.0.0.9"), placed("i-c", ip="10.0.0.9")])
+    assert [s.instance_id for s in store.load_instances()] == ["i-a", "i-z"]
+    # IPv6 addresses are compared in their canonical form
+    v6 = {"vpc-id": VPC, "ipv6s": ["2408:4000:0:0:0:0:0:10"]}
+    store.put_instance({"instance-id": "i-six", "network-interfaces": [v6]}, None)
+    with pytest.raises(AddressTaken):
+        store.put_instance({"instance-id": "i-six2", "network-interfaces": [
+            v6 | {"ipv6s": ["2408:4000::10"]}]}, None)
+    # an address an instance gives up is free; two instances may swap theirs in one import
+    store.put_instance(placed("i-a", ip="10.0.0.5"), None)
+    store.put_instance(placed("i-b", ip="10.0.0.2"), None)
+    store.write_fleet(None, [placed("i-a", ip="10.0.0.2"), placed("i-b", ip="10.0.0.5")])
+    store.delete_instance("i-a", None)
+    store.put_instance(placed("i-c", ip="10.0.0.2"), None)
+
+
+def test_two_servers_claiming_one_address_one_wins(backend: Backend) -> None:
+    stores = [backend.open() for _ in range(6)]
+    results = in_threads(6, lambda i: stores[i].put_instance(placed(f"i-n{i}", ip="10.0.0.7"),
+                                                              None))
+    assert sum(isinstance(r, int) for r in results) == 1, results
+    assert all(isinstance(r, AddressTaken) for r in results if not isinstance(r, int))
+
+
+def test_a_store_of_the_previous_schema_is_upgraded(backend: Backend, tmp_path: Path) -> None:
+    """Placement and addresses of the instances already stored are indexed on first open."""
+    docs = [placed("i-a", "h1", "10.0.0.2"), {"instance-id": "i-six", "network-interfaces": [
+        {"vpc-id": VPC, "private-ipv4s": ["10.0.0.3"], "ipv6s": ["2408:4000:0:0:0:0:0:10"]}]}]
+    rows = [(d["instance-id"], json.dumps(d), 7) for d in docs]
+    if backend.kind == "sqlite":
+        path = tmp_path / "old.db"
+        with sqlite3.connect(path) as db:
+            db.executescript(SQLITE_SCHEMA_1)
+            db.executemany("INSERT INTO instances VALUES (?, ?, ?)", rows)
+            db.execute("UPDATE state SET value = 7")
+        url = f"sqlite://{path}"
+    else:
+        url = backend.url
+        with psycopg.connect(url) as db:
+            db.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, "
+                       "applied_at timestamptz NOT NULL DEFAULT now())")
+            db.execute(str(MIGRATIONS[0][1]))
+            db.execute("INSERT INTO schema_migrations (version) VALUES (1)")
+            db.cursor().executemany("INSERT INTO instances VALUES (%s, %s, %s)", rows)
+            db.execute("UPDATE state SET value = 7")
+    store = open_store(url, tmp_path)
+    backend.opened.append(store)
+    assert store.revisions() == {"i-a": 7, "i-six": 7}
+    assert store.revisions(frozenset({"h1"})) == {"i-a": 7}
+    assert store.changes(7) == Changes(7)  # the log begins at the upgrade
+    assert store.changes(6).resync
+    for ip, ipv6 in (("10.0.0.2", []), ("10.0.0.9", ["2408:4000::10"])):
+        with pytest.raises(AddressTaken):
+            store.put_instance({"instance-id": "i-new", "network-interfaces": [
+                {"vpc-id": VPC, "private-ipv4s": [ip], "ipv6s": ipv6}]}, None)
+
+
+SQLITE_SCHEMA_1 = """
+CREATE TABLE state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO state VALUES ('version', 0);
+CREATE TABLE defaults (id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL);
+CREATE TABLE instances (
+    instance_id TEXT PRIMARY KEY, doc TEXT NOT NULL, revision INTEGER NOT NULL);
+CREATE TABLE token_keys (
+    kid INTEGER PRIMARY KEY, secret BLOB NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+"""
+
+
 # --- change notices (pure) ----------------------------------------------------------------
 def test_change_payload_round_trips() -> None:
-    for change in (Change(1), Change(7, frozenset({"i-a", "i-ü"})), Change(9, everything=True)):
+    for change in (Change(1, {FLEET: frozenset()}), Change(7, {"h": frozenset({"i-a", "i-ü"})}),
+                   Change(9, None), Change(3, {"h1": None, "": frozenset({"i-b"})})):
         assert Change.parse(change.payload()) == change
 
 
-def test_long_change_lists_become_everything() -> None:
+def test_long_notices_name_less_and_leave_the_rest_to_the_log() -> None:
     ids = frozenset(f"i-{n:020d}" for n in range(1000))
-    payload = Change(3, ids).payload()
+    payload = Change(3, {"h1": ids, "h2": frozenset({"i-a"})}).payload()
     assert len(payload.encode()) < 8000
-    assert Change.parse(payload) == Change(3, everything=True)
+    notice = Change.parse(payload)
+    assert notice == Change(3, {"h1": None, "h2": None})
+    assert notice.within(frozenset({"h3"})) == Changes(3)  # not here: nothing to read
+    assert notice.within(frozenset({"h1"})) is None  # here: read the log
+    hosts = {f"host-{n:050d}": frozenset({"i-a"}) for n in range(1000)}
+    assert Change.parse(Change(4, hosts).payload()) == Change(4, None)
+    assert Change(4, None).within(frozenset({"h3"})) is None
+
+
+def test_notices_within_a_scope() -> None:
+    notice = Change(5, {"h1": frozenset({"i-a"}), "h2": frozenset({"i-a", "i-b"})})
+    assert notice.within(None) == Changes(5, frozenset({"i-a", "i-b"}))
+    assert notice.within(frozenset({"h1", "h9"})) == Changes(5, frozenset({"i-a"}))
+    assert Change(6, {FLEET: frozenset()}).within(frozenset({"h9"})) == Changes(6, fleet=True)
 
 
 @pytest.mark.parametrize("payload", ["", "nope", "[]", '{"ids": []}', '{"v": "1"}',
-                                     '{"v": true}', '{"v": 1, "ids": "i-a"}',
-                                     '{"v": 1, "ids": [1]}', '{"v": 1.5}'])
+                                     '{"v": true}', '{"v": 1, "c": "i-a"}',
+                                     '{"v": 1, "c": {"h": [1]}}', '{"v": 1, "c": {"h": "i-a"}}',
+                                     '{"v": 1.5}'])
 def test_unreadable_notices(payload: str) -> None:
     assert Change.parse(payload) is None
 

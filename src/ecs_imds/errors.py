@@ -6,6 +6,7 @@
     ├── StoreError                     the store said no
     │   ├── StoreUnavailable (OSError) it cannot be reached (database down, hung, refusing)
     │   ├── Conflict                   a conditional write found another revision
+    │   ├── AddressTaken               an address another instance of the VPC holds
     │   ├── TargetNotEmpty             `admin migrate` would overwrite a fleet
     │   └── SourceEmpty                `admin migrate` from a store holding nothing
     ├── InstanceNotFound (LookupError) no instance with that id
@@ -54,6 +55,15 @@ class Conflict(StoreError):
         super().__init__(f"{instance_id} is at revision {current}")
         self.instance_id = instance_id
         self.current = current
+
+
+class AddressTaken(StoreError):
+    """A write gave `claimant` an address (`vpc_id`, `address`) that `owner` holds: the
+    store's unique index refused it (SPEC §1: the caller is found by VPC and address)."""
+
+    def __init__(self, vpc_id: str, address: str, owner: str, claimant: str) -> None:
+        super().__init__(f"{address} in {vpc_id} already belongs to {owner}")
+        self.vpc_id, self.address, self.owner, self.claimant = vpc_id, address, owner, claimant
 
 
 class TargetNotEmpty(StoreError):

@@ -26,6 +26,9 @@ _RESOURCE_ID = re.compile(r"[a-z]{1,8}-[A-Za-z0-9]{1,40}")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+# A host's name as operators write it: a dedicated host id (`dh-bp1…`), a hypervisor's
+# hostname or FQDN. `*` and the empty name are the store's own (store.base.FLEET).
+HOST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 class _Reader:
@@ -506,6 +509,9 @@ class Instance:
     instance_id: str
     network_interfaces: tuple[NetworkInterface, ...]
     values: Inheritable = field(default_factory=Inheritable)
+    # Placement: the host the instance runs on (ECS's DedicatedHostId). A server scoped to
+    # hosts serves only the instances placed on them; it is never shown to the instance.
+    dedicated_host_id: str | None = None
     instance_name: str | None = None
     hostname: str | None = None
     serial_number: str | None = None
@@ -538,6 +544,7 @@ class Instance:
         instance = cls(
             instance_id=instance_id,
             values=values,
+            dedicated_host_id=r.string("dedicated-host-id", HOST_ID),
             instance_name=r.string("instance-name", max_len=128),
             hostname=r.string("hostname", re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}")),
             serial_number=r.string("serial-number", check=_uuid),
@@ -588,6 +595,7 @@ class Instance:
         }
         doc |= self.values.inheritable_doc()
         doc |= {
+            "dedicated-host-id": self.dedicated_host_id,
             "last-host-landing-time": self.last_host_landing_time,
             "image-product-code": self.image_product_code,
             "image-charge-type": self.image_charge_type,
@@ -621,7 +629,12 @@ class Instance:
         """Every address the instance may call from: all private IPv4s and IPv6s."""
         for nic in self.network_interfaces:
             yield from nic.private_ipv4s
-            yield from (str(ipaddress.IPv6Address(ip)) for ip in nic.ipv6s)
+            yield from (canonical_ipv6(ip) for ip in nic.ipv6s)
+
+
+def canonical_ipv6(ip: str) -> str:
+    """SPEC §9: an address has one canonical form (a valid IPv4 string already is one)."""
+    return str(ipaddress.IPv6Address(ip))
 
 
 @dataclass(frozen=True, slots=True)

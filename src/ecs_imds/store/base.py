@@ -1,19 +1,45 @@
-"""The store interface every backend implements.
+"""The store interface every backend implements, and the change log both of them keep.
 
 The store keeps documents (the canonical dicts of `model`), the token key ring and named
-secrets, and a version counter that every write bumps: the change feed the data plane
-watches. A store that can tell its readers what changed (PostgreSQL's LISTEN/NOTIFY) hands
-out a `Subscription`; one that cannot (SQLite) is polled. It knows nothing of the protocol.
+secrets, and a version counter that every write bumps. It indexes what makes a write O(1)
+in the fleet size: each instance's placement (the host it runs on) and every address it
+calls from, unique per VPC, so a write never reads the other instances.
+
+Every write also appends to the **change log**: for each host it touched, the version and
+the instances it changed there (`FLEET` for the defaults, the token keys and the secrets).
+A server that serves some hosts (its scope) reads only their rows since the version it
+has; only when the log no longer reaches back that far (retention) does it read its whole
+scope again. A store that can tell its readers as it happens (PostgreSQL's LISTEN/NOTIFY)
+hands out a `Subscription` whose notices carry the same rows when they fit; one that
+cannot (SQLite, a hot standby) is polled with `changes`. The log's rows are one store's
+history: versions order changes within one store only. The store knows nothing of the
+protocol beyond the three fields it indexes.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol
 
+from ecs_imds.errors import AddressTaken
+from ecs_imds.protocol.model import canonical_ipv6
 from ecs_imds.protocol.tokens import TokenKey
+
+# The change log's host for what concerns every instance: defaults, token keys, secrets.
+FLEET = "*"
+# The host of an instance without a placement (only an unscoped server serves it).
+UNPLACED = ""
+# The hosts a server serves; None: the whole fleet.
+Scope = frozenset[str] | None
+# How long the change log is kept, in seconds: a server away for longer reads its scope
+# again in full when it comes back.
+DEFAULT_RETENTION = 24 * 3600.0
+# The log is pruned by the write whose version is a multiple of this.
+PRUNE_EVERY = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,27 +49,121 @@ class StoredInstance:
     revision: int
 
 
-# PostgreSQL's NOTIFY payload is limited to 8000 bytes; longer lists become `everything`.
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What the store indexes of one instance document."""
+
+    host: str
+    vpc_id: str
+    addresses: tuple[str, ...]
+
+    @classmethod
+    def of(cls, doc: Mapping[str, Any]) -> Claims:
+        """The placement, VPC and canonical addresses (SPEC §9) of a stored document. Lenient
+        (the store does not validate): what is missing claims nothing."""
+        nics = doc.get("network-interfaces") or ()
+        addresses: list[str] = []
+        vpc_id = ""
+        for nic in nics:
+            if not isinstance(nic, dict):
+                continue
+            vpc_id = vpc_id or str(nic.get("vpc-id") or "")
+            addresses += nic.get("private-ipv4s") or ()
+            addresses += (canonical_ipv6(ip) for ip in nic.get("ipv6s") or ())
+        return cls(str(doc.get("dedicated-host-id") or UNPLACED), vpc_id,
+                   tuple(dict.fromkeys(addresses)))
+
+
+# The change log's rows of a write that concerns every instance.
+FLEET_ROWS: Mapping[str, Set[str]] = MappingProxyType({FLEET: frozenset()})
+
+
+def touched(writes: Iterable[tuple[str, str]]) -> dict[str, Set[str]]:
+    """(instance id, host) pairs → the change log's rows of one write: host → ids."""
+    rows: dict[str, set[str]] = {}
+    for instance_id, host in writes:
+        rows.setdefault(host, set()).add(instance_id)
+    return dict(rows)
+
+
+def claims_of_batch(given: Iterable[tuple[str, Claims, Any]]) -> list[tuple[str, str, str]]:
+    """Every (vpc, address, instance) a batch of writes claims; AddressTaken if two
+    instances of the batch claim one."""
+    owners: dict[tuple[str, str], str] = {}
+    for instance_id, claims, _ in given:
+        for address in claims.addresses:
+            owner = owners.setdefault((claims.vpc_id, address), instance_id)
+            if owner != instance_id:
+                raise AddressTaken(claims.vpc_id, address, owner, instance_id)
+    return [(vpc_id, address, instance_id) for (vpc_id, address), instance_id in owners.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What changed within a scope between a reader's version and `version`."""
+
+    version: int
+    ids: frozenset[str] = frozenset()  # written, deleted, or moved into or out of the scope
+    fleet: bool = False  # the defaults, token keys or secrets changed
+    resync: bool = False  # the log does not reach back to the reader's version: read it all
+
+    def then(self, later: Changes) -> Changes:
+        """This change followed by `later`, as one."""
+        if self.resync or later.resync:
+            return Changes(later.version, resync=True)
+        return Changes(later.version, self.ids | later.ids, self.fleet or later.fleet)
+
+
+def within(rows: Iterable[tuple[str, Iterable[str] | None]], scope: Scope, version: int
+           ) -> Changes:
+    """Log rows (host, ids) → what they change in `scope`."""
+    ids: set[str] = set()
+    fleet = False
+    for host, named in rows:
+        if host == FLEET:
+            fleet = True
+        elif scope is None or host in scope:
+            ids.update(named or ())
+    return Changes(version, frozenset(ids), fleet)
+
+
+# PostgreSQL's NOTIFY payload is limited to 8000 bytes: a longer notice names fewer things.
 MAX_PAYLOAD = 7900
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """A change notice: the store reached `version`, and only the instances `ids` (written
-    or deleted) changed with it, unless `everything` may have (defaults, a replace, a
-    notice too long to list them)."""
+    """A change notice: one write took the store to `version`. `hosts` holds its change log
+    rows (host → the instance ids changed there) when they fit in a notice; a host whose
+    ids did not fit maps to None, and `hosts` is None when not even the hosts did. Whatever
+    a notice leaves out, the log has."""
 
     version: int
-    ids: frozenset[str] = frozenset()
-    everything: bool = False
+    hosts: Mapping[str, frozenset[str] | None] | None = field(default_factory=dict)
+
+    def within(self, scope: Scope) -> Changes | None:
+        """What this notice changes in `scope`; None when only the log can tell."""
+        if self.hosts is None:
+            return None
+        if any(ids is None and (scope is None or host in scope)
+               for host, ids in self.hosts.items()):
+            return None
+        return within(self.hosts.items(), scope, self.version)
 
     def payload(self) -> str:
-        if not self.everything:
-            text = json.dumps({"v": self.version, "ids": sorted(self.ids)},
-                              separators=(",", ":"))
+        compact = (",", ":")
+        hosts = self.hosts
+        if hosts is not None:
+            text = json.dumps({"v": self.version, "c": {
+                h: None if ids is None else sorted(ids) for h, ids in hosts.items()}},
+                separators=compact)
             if len(text.encode()) <= MAX_PAYLOAD:
                 return text
-        return json.dumps({"v": self.version, "all": True}, separators=(",", ":"))
+            text = json.dumps({"v": self.version, "c": {h: None for h in hosts}},
+                              separators=compact)
+            if len(text.encode()) <= MAX_PAYLOAD:
+                return text
+        return json.dumps({"v": self.version}, separators=compact)
 
     @classmethod
     def parse(cls, payload: str) -> Change | None:
@@ -53,13 +173,16 @@ class Change:
             version = doc["v"]
             if not isinstance(version, int) or isinstance(version, bool):
                 return None
-            if doc.get("all"):
-                return cls(version, everything=True)
-            ids = doc.get("ids", [])
-            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-                return None
-            return cls(version, frozenset(ids))
-        except (ValueError, TypeError, KeyError):
+            if "c" not in doc:
+                return cls(version, None)
+            hosts: dict[str, frozenset[str] | None] = {}
+            for host, ids in doc["c"].items():
+                if ids is not None and (not isinstance(ids, list)
+                                        or not all(isinstance(i, str) for i in ids)):
+                    return None
+                hosts[host] = None if ids is None else frozenset(ids)
+            return cls(version, hosts)
+        except (ValueError, TypeError, KeyError, AttributeError):
             return None
 
 
@@ -90,22 +213,31 @@ class Store(Protocol):
 
     def load_defaults(self) -> dict[str, Any]: ...
 
-    def revisions(self) -> dict[str, int]:
-        """instance id → revision (the version of its last change)."""
+    def revisions(self, scope: Scope = None) -> dict[str, int]:
+        """instance id → revision (the version of its last change), of the instances placed
+        on the hosts of `scope` (all of them when None)."""
 
-    def load_instances(self, ids: list[str] | None = None) -> list[StoredInstance]: ...
+    def load_instances(self, ids: list[str] | None = None, scope: Scope = None
+                       ) -> list[StoredInstance]:
+        """The instances `ids` (all when None) placed within `scope`, in insertion order."""
+
+    def changes(self, since: int, scope: Scope = None) -> Changes:
+        """What changed in `scope` after version `since`, read from the change log at one
+        point in time; `resync` when the log no longer reaches back to `since`."""
 
     def write_fleet(self, defaults: dict[str, Any] | None, instances: list[dict[str, Any]],
                     replace: bool = False) -> int:
         """Set the defaults (when given) and upsert instances, in one transaction; with
-        `replace`, instances not given are deleted. Returns the new version."""
+        `replace`, instances not given are deleted. Returns the new version. Raises
+        AddressTaken when an address is held by an instance not given."""
 
     def delete_instances(self, ids: list[str]) -> int: ...
 
     def put_instance(self, doc: dict[str, Any], expect: int | None) -> int:
         """Write one instance only if its revision is `expect` (0: it must not exist yet;
         None: whatever it is), checked and written in one transaction. Returns the new
-        revision; raises Conflict otherwise."""
+        revision; raises Conflict otherwise, or AddressTaken when another instance holds
+        one of its addresses."""
 
     def delete_instance(self, instance_id: str, expect: int | None) -> int:
         """Delete one instance under the same precondition as `put_instance`; Conflict
@@ -133,22 +265,25 @@ class Store(Protocol):
         """Everything, read consistently (one transaction)."""
 
     def restore(self, dump: StoreDump) -> int:
-        """Replace everything with `dump` in one transaction. Returns the new version."""
+        """Replace everything with `dump` in one transaction. Returns the new version; the
+        change log starts again there (every reader reads its scope in full)."""
 
     def close(self) -> None: ...
 
 
-def open_store(url: str | None, data_dir: Path) -> Store:
+def open_store(url: str | None, data_dir: Path, retention: float = DEFAULT_RETENTION,
+               replica: bool = False) -> Store:
     """`sqlite:///path`, `postgresql://…` (any libpq URL), or nothing (the data directory's
-    `ecs-imds.db`)."""
+    `ecs-imds.db`). `retention`: seconds the change log is kept. `replica`: the store is
+    only read (a PostgreSQL hot standby): no migrations, no writes."""
     from ecs_imds.store.sqlite import SQLiteStore
 
     if url is None or url == "":
-        return SQLiteStore(data_dir / "ecs-imds.db")
+        return SQLiteStore(data_dir / "ecs-imds.db", retention)
     if url.startswith("sqlite:///"):
-        return SQLiteStore(Path(url.removeprefix("sqlite://")))
+        return SQLiteStore(Path(url.removeprefix("sqlite://")), retention)
     if url.startswith(("postgresql://", "postgres://")):
         from ecs_imds.store.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, retention=retention, replica=replica)
     raise ValueError(f"unsupported store URL scheme: {url.split(':', 1)[0]}")

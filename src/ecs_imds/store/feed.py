@@ -1,10 +1,11 @@
 """Snapshot building and the change feed: store → immutable snapshot, kept current.
 
-Rebuilds are incremental: an instance is rendered again only when its revision changed
-(or the fleet defaults did). A store with change notices (PostgreSQL) says which instances
-changed, so only those are read again; a store without them (SQLite) is polled, and the
-revisions of all instances are compared. If the store cannot be read, the last snapshot
-keeps serving, marked stale; when the store is back, the feed catches up by itself.
+A server may be scoped to some hosts: it reads, renders and holds only the instances placed
+on them, and of the change log only their rows. Rebuilds are incremental: an instance is
+read and rendered again only when the change log names it (or the fleet defaults changed);
+a change elsewhere in the fleet costs a scoped server nothing but a new version number. If
+the store cannot be read, the last snapshot keeps serving, marked stale; when the store is
+back, the feed catches up from the change log by itself.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ecs_imds.protocol.catalogue import Pool, Rendered, render
 from ecs_imds.protocol.model import FleetDefaults, Instance, effective
 from ecs_imds.protocol.snapshot import Deferred, DynamicSource, Index, Snapshot
 from ecs_imds.protocol.tokens import KeyRing
-from ecs_imds.store.base import Change, Store, StoredInstance, Subscription
+from ecs_imds.store.base import Change, Changes, Scope, Store, StoredInstance, Subscription
 
 log = logging.getLogger("ecs_imds.feed")
 
@@ -34,11 +35,14 @@ READ_AT_ONCE = 1000
 
 
 class SnapshotBuilder:
+    """Builds the snapshot of one scope (`None`: the whole fleet) from the store."""
+
     def __init__(self, store: Store, dynamic: DynamicSource,
-                 before_build: Callable[[], None] | None = None) -> None:
+                 before_build: Callable[[], None] | None = None, scope: Scope = None) -> None:
         self.store = store
         self.dynamic = dynamic
         self.before_build = before_build
+        self.scope = scope
         self._defaults_doc: dict[str, Any] | None = None
         self._defaults = FleetDefaults()
         self._cache: dict[str, tuple[int, Rendered | Deferred, tuple[str, ...]]] = {}
@@ -46,41 +50,57 @@ class SnapshotBuilder:
         self._key_ring: KeyRing | None = None
         self._index = Index()
 
-    def build(self, changed: Collection[str] | None = None, version: int | None = None
-              ) -> Snapshot:
-        """The store's current fleet as a snapshot.
-
-        With `changed` (the ids of change notices up to `version`), only those instances
-        are read again and the defaults are taken as they were; without, every instance's
-        revision is compared with what was rendered."""
+    def build(self) -> Snapshot:
+        """The scope as the store holds it now: every instance's revision is compared with
+        what was rendered, and only the ones that differ are read again."""
         if self.before_build is not None:
             self.before_build()
-        if changed is None or version is None or self._defaults_doc is None:
-            version = self.store.version()
-            defaults_doc = self.store.load_defaults()
-            if defaults_doc != self._defaults_doc:
-                self._defaults = FleetDefaults.from_doc(defaults_doc)
-                self._defaults_doc = defaults_doc
-                self._cache.clear()
-                self._pool = Pool()
-            revisions = self.store.revisions()
-            for gone in [i for i in self._cache if i not in revisions]:
-                del self._cache[gone]
-            stale = [i for i, rev in revisions.items()
-                     if i not in self._cache or self._cache[i][0] != rev]
-            later = len(stale) > RENDER_AT_ONCE
-            for start in range(0, len(stale), READ_AT_ONCE):
-                self._render(self.store.load_instances(stale[start:start + READ_AT_ONCE]),
-                             later)
-        else:
-            ids = list(changed)
-            found = self.store.load_instances(ids) if ids else []
-            for gone in set(ids) - {s.instance_id for s in found}:
-                self._cache.pop(gone, None)
-            self._render(found, len(found) > RENDER_AT_ONCE)
+        version = self.store.version()
+        self._read_defaults()
+        revisions = self.store.revisions(self.scope)
+        for gone in [i for i in self._cache if i not in revisions]:
+            del self._cache[gone]
+        stale = [i for i, rev in revisions.items()
+                 if i not in self._cache or self._cache[i][0] != rev]
+        later = len(stale) > RENDER_AT_ONCE
+        for start in range(0, len(stale), READ_AT_ONCE):
+            self._render(self.store.load_instances(stale[start:start + READ_AT_ONCE],
+                                                   self.scope), later)
+        return self._snapshot(version)
+
+    def update(self, changes: Changes) -> Snapshot:
+        """The snapshot after `changes`: only the instances they name are read again, and
+        the defaults and keys only when they say the fleet changed."""
+        if changes.resync or self._defaults_doc is None:
+            return self.build()
+        if changes.fleet:
+            if self.before_build is not None:
+                self.before_build()
+            if self._read_defaults():
+                return self.build()
+        ids = list(changes.ids)
+        found = self.store.load_instances(ids, self.scope) if ids else []
+        for gone in set(ids) - {s.instance_id for s in found}:  # deleted, or moved away
+            self._cache.pop(gone, None)
+        self._render(found, len(found) > RENDER_AT_ONCE)
+        return self._snapshot(changes.version, keys=changes.fleet)
+
+    def _read_defaults(self) -> bool:
+        """Read the fleet defaults; True when they changed (everything renders again)."""
+        doc = self.store.load_defaults()
+        if doc == self._defaults_doc:
+            return False
+        self._defaults = FleetDefaults.from_doc(doc)
+        self._defaults_doc = doc
+        self._cache.clear()
+        self._pool = Pool()
+        return True
+
+    def _snapshot(self, version: int, keys: bool = True) -> Snapshot:
         by_address, by_id = self._index.update(self._cache)
+        key_ring = self._keys() if keys or self._key_ring is None else self._key_ring
         return Snapshot(version=version, by_address=by_address, by_id=by_id,
-                        key_ring=self._keys(), dynamic=self.dynamic, built_at=time.time())
+                        key_ring=key_ring, dynamic=self.dynamic, built_at=time.time())
 
     def _keys(self) -> KeyRing:
         """The key ring; the same object while the keys are the same, so that the tokens it
@@ -112,12 +132,15 @@ class ChangeFeed:
     """Keeps the served snapshot current: hands every new one to `publish`.
 
     With a store that sends change notices (PostgreSQL), the feed listens and applies each
-    batch as it arrives, rebuilding only the instances named; it also compares the version
-    every `heartbeat` seconds, which catches a write that sent no notice. Whenever the
-    subscription is lost, notices may have been missed: the feed subscribes again and then
-    resynchronises in full. With a store that has no notices (SQLite), it polls the version
-    every `interval` seconds, and so it does while it cannot subscribe (the store is away,
-    or a hot standby refuses LISTEN), trying again every `resubscribe` seconds.
+    batch as it arrives: an unbroken run of notices that carry their change log rows is
+    applied as it is; anything else (a gap, a notice too large to name its instances, one
+    that cannot be read) is read from the change log. Every `heartbeat` seconds it reads
+    the log too, which catches a notice that never came; and whenever the subscription is
+    lost, it subscribes again and catches up from the log. With a store that has no
+    notices (SQLite, a hot standby), it polls the log every `interval` seconds, and so it
+    does while it cannot subscribe (the store is away), trying again every `resubscribe`
+    seconds. Only when the log no longer reaches back to the served version (retention) is
+    the scope read again in full.
 
     Runs in its own thread so that a slow store or a large rebuild never blocks requests.
     """
@@ -144,39 +167,48 @@ class ChangeFeed:
             self._thread.join(timeout=5)
 
     def poll(self) -> None:
-        """Compare the version, rebuild if it moved; on a failure keep serving, stale."""
+        """Read the change log since the served version and apply it; on a failure keep
+        serving, stale."""
         try:
-            self._check()
+            self._catch_up()
         except Exception as exc:  # the store is down: keep serving what we have
             self._down(exc)
 
     def apply(self, notices: list[Change | None]) -> None:
-        """Apply a batch of change notices; raises when the store cannot be read.
-
-        Only an unbroken run of versions after the current one, each naming its instances,
-        is applied incrementally; anything else (a gap, `everything`, an unreadable notice)
-        is a full rebuild."""
+        """Apply a batch of change notices; raises when the store cannot be read."""
         known = self.current.version
         fresh = [n for n in notices if n is None or n.version > known]
         if not fresh:
             return
-        versions = sorted(n.version for n in fresh if n is not None)
-        if (len(versions) != len(fresh) or any(n.everything for n in fresh if n)
-                or versions != list(range(known + 1, known + 1 + len(versions)))):
-            self._set(self.builder.build())
-            return
-        changed: set[str] = set()
+        changes: Changes | None = Changes(known)
         for n in fresh:
-            if n is not None:
-                changed |= n.ids
-        self._set(self.builder.build(changed, versions[-1]))
+            told = None if n is None else n.within(self.builder.scope)
+            if changes is None or told is None or told.version != changes.version + 1:
+                changes = None  # a gap, or a notice that does not say: the log does
+                break
+            changes = changes.then(told)
+        if changes is None:
+            self._catch_up()
+        else:
+            self._apply(changes)
 
-    def _check(self) -> None:
-        if self.builder.store.version() == self.current.version:
+    def _catch_up(self) -> None:
+        self._apply(self.builder.store.changes(self.current.version, self.builder.scope))
+
+    def _apply(self, changes: Changes) -> None:
+        if changes.version == self.current.version and not changes.resync:
             if self.current.stale:
                 self._set(replace(self.current, stale=False))
             return
-        self._set(self.builder.build())
+        if changes.resync:
+            log.warning("the change log does not reach back to version %d: reading %s again",
+                        self.current.version,
+                        "the whole fleet" if self.builder.scope is None else "the scope")
+        if changes.ids or changes.fleet or changes.resync:
+            self._set(self.builder.update(changes))
+        else:  # nothing in the scope changed: the same snapshot, at the new version
+            self._set(replace(self.current, version=changes.version, built_at=time.time(),
+                              stale=False))
 
     def _down(self, exc: Exception) -> None:
         if not self.current.stale:
@@ -206,7 +238,7 @@ class ChangeFeed:
                 return
             try:
                 self._listen(subscription)
-            except Exception as exc:  # lost the store: resubscribe, then resync in full
+            except Exception as exc:  # lost the store: resubscribe, then catch up
                 self._down(exc)
             finally:
                 with contextlib.suppress(Exception):
@@ -223,12 +255,12 @@ class ChangeFeed:
             self._stop.wait(self.interval)
 
     def _listen(self, subscription: Subscription) -> None:
-        self._check()  # whatever changed before the subscription began
+        self._catch_up()  # whatever changed before the subscription began
         last = time.monotonic()
         while not self._stop.is_set():
             notices = subscription.wait(min(0.25, self.heartbeat))
             if notices:
                 self.apply(notices)
             if time.monotonic() - last >= self.heartbeat:
-                self._check()
+                self._catch_up()
                 last = time.monotonic()

@@ -1,18 +1,22 @@
 """The fleet store on PostgreSQL: many servers, one database, no single point of failure.
 
 The same tables as SQLite, and the same rules: every write is one transaction that bumps the
-version counter. The version row is also the write lock (every writer updates it first), so
-versions are handed out in commit order. Each write sends a NOTIFY in its own transaction,
-delivered on commit and in commit order, naming the instances it changed: every server
-LISTENs and rebuilds just those (`feed.ChangeFeed`).
+version counter and appends its rows to the change log. The version row is also the write
+lock (every writer updates it first), so versions are handed out in commit order and a
+reader that sees version N sees every write up to N. Each write sends a NOTIFY in its own
+transaction, delivered on commit and in commit order, carrying its change log rows when
+they fit: a server LISTENs and reads what concerns its scope (`feed.ChangeFeed`). A hot
+standby has no LISTEN: a server reading from one (`replica`) polls the change log.
 
 Schema migrations run on start under an advisory lock, so servers starting together apply
-each one once. Secrets and the first token key are created with INSERT … ON CONFLICT DO
-NOTHING and read back: whichever server wins, all of them get the winner's value.
+each one once; they are append-only. Secrets and the first token key are created with
+INSERT … ON CONFLICT DO NOTHING and read back: whichever server wins, all of them get the
+winner's value.
 
-Connections are pooled per store (psycopg connections are not shared between threads) and
+Connections are pooled per store (psycopg connections are not shared between threads),
 checked before reuse, so after the database restarts the first query does not fail on a
-connection the server already closed.
+connection the server already closed, and closed when idle a while: an idle server holds
+only its change feed's connection, which also does the feed's reads.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import json
 import logging
 import select
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping, Set
 from typing import Any
 
 import psycopg
@@ -30,9 +35,23 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
-from ecs_imds.errors import Conflict, StoreUnavailable
+from ecs_imds.errors import AddressTaken, Conflict, StoreUnavailable
 from ecs_imds.protocol.tokens import TokenKey
-from ecs_imds.store.base import Change, StoredInstance, StoreDump
+from ecs_imds.store.base import (
+    DEFAULT_RETENTION,
+    FLEET,
+    FLEET_ROWS,
+    PRUNE_EVERY,
+    Change,
+    Changes,
+    Claims,
+    Scope,
+    StoredInstance,
+    StoreDump,
+    claims_of_batch,
+    touched,
+    within,
+)
 
 log = logging.getLogger("ecs_imds.store")
 
@@ -40,8 +59,24 @@ CHANNEL = "ecs_imds_changes"
 # pg_advisory_xact_lock key for migrations: "ecs-imds" as a number, the same on every server.
 MIGRATION_LOCK = int.from_bytes(b"ecs-imds", "big") >> 1
 
-# (schema version, statements). Append only: a released migration is never edited.
-MIGRATIONS: list[tuple[int, str]] = [
+Connection = psycopg.Connection[Any]
+
+
+def _claims_of_existing(conn: Connection) -> None:
+    """Migration 2's data: the placement and the addresses of every instance stored."""
+    rows = [(i, Claims.of(json.loads(d))) for i, d in
+            conn.execute("SELECT instance_id, doc FROM instances ORDER BY seq")]
+    with conn.cursor() as cur:
+        cur.executemany("UPDATE instances SET host = %s WHERE instance_id = %s",
+                        [(c.host, i) for i, c in rows if c.host])
+        # A store edited by hand may hold an address twice: the first claim keeps it.
+        cur.executemany("INSERT INTO addresses VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                        [(c.vpc_id, a, i) for i, c in rows for a in c.addresses])
+
+
+# (schema version, statements or a function of the connection). Append only: a released
+# migration is never edited.
+MIGRATIONS: list[tuple[int, str | Callable[[Connection], None]]] = [
     (1, """
 CREATE TABLE state (key text PRIMARY KEY, value bigint NOT NULL);
 INSERT INTO state VALUES ('version', 0);
@@ -56,6 +91,24 @@ CREATE TABLE token_keys (kid bigint PRIMARY KEY, secret bytea NOT NULL,
                          created_at bigint NOT NULL);
 CREATE TABLE secrets (name text PRIMARY KEY, value bytea NOT NULL);
 """),
+    # Placement, the address index (a second claim on an address is impossible) and the
+    # change log, whose rows before `log-floor` have been pruned.
+    (2, """
+ALTER TABLE instances ADD COLUMN host text NOT NULL DEFAULT '';
+CREATE INDEX instances_by_host ON instances (host, seq);
+CREATE TABLE addresses (
+    vpc_id text NOT NULL, address text NOT NULL, instance_id text NOT NULL,
+    PRIMARY KEY (vpc_id, address));
+CREATE INDEX addresses_by_instance ON addresses (instance_id);
+CREATE TABLE changes (
+    version bigint NOT NULL, host text NOT NULL, ids text[] NOT NULL,
+    at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (version, host));
+CREATE INDEX changes_by_host ON changes (host, version);
+CREATE INDEX changes_by_time ON changes (at);
+INSERT INTO state SELECT 'log-floor', value FROM state WHERE key = 'version';
+"""),
+    (3, _claims_of_existing),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -64,10 +117,24 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 _DEFAULTS = {"connect_timeout": "5", "application_name": "ecs-imds", "keepalives": "1",
              "keepalives_idle": "10", "keepalives_interval": "3", "keepalives_count": "3",
              "tcp_user_timeout": "10000"}
+# What the change feed's connection adds to its application_name.
+FEED_ROLE = "change-feed"
+# Seconds a pooled connection may stay idle before it is closed.
+IDLE_TIMEOUT = 10.0
 
-_INSTANCE_UPSERT = ("INSERT INTO instances (instance_id, doc, revision) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (instance_id) DO UPDATE "
-                    "SET doc = EXCLUDED.doc, revision = EXCLUDED.revision")
+_UPSERT = ("INSERT INTO instances (instance_id, doc, revision, host) VALUES (%s, %s, %s, %s) "
+           "ON CONFLICT (instance_id) DO UPDATE "
+           "SET doc = EXCLUDED.doc, revision = EXCLUDED.revision, host = EXCLUDED.host")
+
+# The change log after a version, within some hosts, and where the log begins, read in one
+# statement (one snapshot of the database).
+_CHANGES = """
+SELECT s.value, f.value, c.host, c.ids
+FROM state s JOIN state f ON f.key = 'log-floor'
+LEFT JOIN changes c ON c.version > %(since)s AND c.version <= s.value
+    AND f.value <= %(since)s AND (%(everywhere)s OR c.host = ANY(%(hosts)s))
+WHERE s.key = 'version'
+"""
 
 
 def _dump(doc: dict[str, Any]) -> str:
@@ -86,20 +153,30 @@ def redact(url: str) -> str:
 
 
 class _Pool:
-    """A few autocommit connections, each used by one thread at a time."""
+    """A few autocommit connections, each used by one thread at a time, closed after
+    `idle_timeout` seconds unused. A thread may pin a connection of its own (the change
+    feed's LISTEN connection): its queries then run there, and the pool opens none."""
 
-    def __init__(self, params: dict[str, Any], size: int = 8) -> None:
+    def __init__(self, params: dict[str, Any], size: int = 8,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.params = params
-        self._idle: list[psycopg.Connection[Any]] = []
+        self.idle_timeout = idle_timeout
+        self._idle: list[tuple[float, Connection]] = []  # (since, connection)
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(size)
         self._closed = False
+        self._pinned = threading.local()
+        self._reaper: threading.Thread | None = None
 
-    def connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(**self.params, autocommit=True)
+    def connect(self, role: str = "") -> Connection:
+        """A new connection; `role` is added to its application_name (pg_stat_activity)."""
+        params = self.params
+        if role:
+            params = params | {"application_name": f"{params['application_name']} {role}"}
+        return psycopg.connect(**params, autocommit=True)
 
     @staticmethod
-    def _usable(conn: psycopg.Connection[Any]) -> bool:
+    def _usable(conn: Connection) -> bool:
         """Nothing may arrive on an idle connection: if something did (the server's
         goodbye, or EOF), it is dead."""
         if conn.closed or conn.broken:
@@ -110,15 +187,23 @@ class _Pool:
             return False
         return not readable
 
+    def pin(self, conn: Connection | None) -> None:
+        """Run this thread's queries on `conn` (None: on pooled connections again)."""
+        self._pinned.conn = conn
+
     @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def connection(self) -> Iterator[Connection]:
+        pinned: Connection | None = getattr(self._pinned, "conn", None)
+        if pinned is not None:
+            yield pinned
+            return
         if not self._slots.acquire(timeout=60):
             raise psycopg.OperationalError("no database connection free for 60 s")
-        conn: psycopg.Connection[Any] | None = None
+        conn: Connection | None = None
         try:
             with self._lock:
                 while self._idle and conn is None:
-                    candidate = self._idle.pop()
+                    _, candidate = self._idle.pop()
                     if self._usable(candidate):
                         conn = candidate
                     else:
@@ -128,32 +213,57 @@ class _Pool:
             yield conn
         finally:
             if conn is not None:
-                with self._lock:
-                    if (self._closed or conn.closed or conn.broken
-                            or conn.info.transaction_status != TransactionStatus.IDLE):
-                        conn.close()
-                    else:
-                        self._idle.append(conn)
+                self._put_back(conn)
             self._slots.release()
+
+    def _put_back(self, conn: Connection) -> None:
+        with self._lock:
+            if (self._closed or conn.closed or conn.broken
+                    or conn.info.transaction_status != TransactionStatus.IDLE):
+                conn.close()
+                return
+            self._idle.append((time.monotonic(), conn))
+            if self._reaper is None:
+                self._reaper = threading.Thread(target=self._reap, name="pg-pool-reaper",
+                                                daemon=True)
+                self._reaper.start()
+
+    def _reap(self) -> None:
+        """Close connections idle too long; ends when none is left idle."""
+        while True:
+            time.sleep(self.idle_timeout / 2)
+            with self._lock:
+                now = time.monotonic()
+                old = [c for since, c in self._idle if now - since >= self.idle_timeout]
+                self._idle = [(s, c) for s, c in self._idle if now - s < self.idle_timeout]
+                if not self._idle:
+                    self._reaper = None
+            for conn in old:
+                conn.close()
+            if self._reaper is None:
+                return
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
             self._closed = True
-        for conn in idle:
+        for _, conn in idle:
             conn.close()
 
 
 class PgSubscription:
-    """One LISTENing connection of its own: notices arrive on it as they are committed."""
+    """One LISTENing connection of its own: notices arrive on it as they are committed. The
+    thread that subscribed runs its queries on it too (`_Pool.pin`)."""
 
-    def __init__(self, params: dict[str, Any]) -> None:
-        self._conn = psycopg.connect(**params, autocommit=True)
+    def __init__(self, pool: _Pool) -> None:
+        self._pool = pool
+        self._conn = pool.connect(FEED_ROLE)
         try:
             self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
         except BaseException:
             self._conn.close()
             raise
+        pool.pin(self._conn)
 
     def wait(self, timeout: float) -> list[Change | None]:
         found = list(self._conn.notifies(timeout=timeout, stop_after=1))
@@ -162,19 +272,23 @@ class PgSubscription:
         return [Change.parse(n.payload) for n in found]
 
     def close(self) -> None:
+        self._pool.pin(None)
         self._conn.close()
 
 
 class PostgresStore:
-    def __init__(self, url: str, pool_size: int = 8) -> None:
+    def __init__(self, url: str, pool_size: int = 8, retention: float = DEFAULT_RETENTION,
+                 replica: bool = False) -> None:
         params: dict[str, Any] = conninfo_to_dict(url)
         for key, value in _DEFAULTS.items():
             params.setdefault(key, value)
         self.url = url
         self.params = params
+        self.retention = retention
+        self.replica = replica
         self._pool = _Pool(params, pool_size)
         try:
-            self.migrate()
+            self.check_schema() if replica else self.migrate()
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"{redact(url)}: {exc}".strip()) from None
 
@@ -190,22 +304,40 @@ class PostgresStore:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
                          "version integer PRIMARY KEY, "
                          "applied_at timestamptz NOT NULL DEFAULT now())")
-            row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
-            current = int(row[0]) if row and row[0] is not None else 0
-            if current > SCHEMA_VERSION:
-                raise RuntimeError(f"the database's schema (version {current}) is newer than "
-                                   f"this server knows ({SCHEMA_VERSION}): upgrade ecs-imds")
-            for version, statements in MIGRATIONS:
+            current = self._schema(conn)
+            for version, step in MIGRATIONS:
                 if version > current:
                     log.info("applying schema migration %d", version)
-                    conn.execute(statements)
+                    if callable(step):
+                        step(conn)
+                    else:
+                        conn.execute(step)
                     conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)",
                                  (version,))
             return SCHEMA_VERSION
 
+    def check_schema(self) -> int:
+        """A replica is never migrated: its primary's servers do that, and it follows."""
+        with self._pool.connection() as conn:
+            current = self._schema(conn)
+        if current < SCHEMA_VERSION:
+            raise psycopg.OperationalError(
+                f"its schema (version {current}) is older than this server's "
+                f"({SCHEMA_VERSION}): start a server on the primary first")
+        return current
+
+    @staticmethod
+    def _schema(conn: Connection) -> int:
+        row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        current = int(row[0]) if row and row[0] is not None else 0
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(f"the database's schema (version {current}) is newer than "
+                               f"this server knows ({SCHEMA_VERSION}): upgrade ecs-imds")
+        return current
+
     # -- writing -------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _write(self) -> Iterator[tuple[psycopg.Connection[Any], int]]:
+    def _write(self) -> Iterator[tuple[Connection, int]]:
         """A write transaction, holding the version lock, at its new version."""
         with self._pool.connection() as conn, conn.transaction():
             row = conn.execute("UPDATE state SET value = value + 1 WHERE key = 'version' "
@@ -213,19 +345,33 @@ class PostgresStore:
             assert row is not None
             yield conn, int(row[0])
 
-    @staticmethod
-    def _notify(conn: psycopg.Connection[Any], change: Change) -> None:
-        """Sent on commit, to every listening server; nothing is sent on a rollback."""
-        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, change.payload()))
+    def _log(self, conn: Connection, version: int,
+             rows: Mapping[str, Set[str]] = FLEET_ROWS) -> None:
+        """Append one write's rows (host → ids) to the change log, prune it now and then,
+        and tell the listening servers (NOTIFY is sent on commit, nothing on a rollback)."""
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO changes (version, host, ids) VALUES (%s, %s, %s)",
+                            [(version, host, sorted(ids)) for host, ids in rows.items()])
+        if version % PRUNE_EVERY == 0:
+            conn.execute("""
+WITH cut AS (SELECT max(version) AS v FROM changes
+             WHERE at < now() - make_interval(secs => %s)),
+     pruned AS (DELETE FROM changes WHERE version <= (SELECT v FROM cut))
+UPDATE state SET value = greatest(value, (SELECT v FROM cut))
+WHERE key = 'log-floor' AND (SELECT v FROM cut) IS NOT NULL""", (self.retention,))
+        notice = Change(version, {host: frozenset(ids) for host, ids in rows.items()})
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, notice.payload()))
 
     @staticmethod
-    def _revision(conn: psycopg.Connection[Any], instance_id: str, expect: int | None) -> int:
-        row = conn.execute("SELECT revision FROM instances WHERE instance_id = %s "
+    def _current(conn: Connection, instance_id: str, expect: int | None
+                 ) -> tuple[int, str | None]:
+        """The instance's revision (0: none) and host, locked, checked against `expect`."""
+        row = conn.execute("SELECT revision, host FROM instances WHERE instance_id = %s "
                            "FOR UPDATE", (instance_id,)).fetchone()
         current = int(row[0]) if row else 0
         if expect is not None and current != expect:
             raise Conflict(instance_id, current)
-        return current
+        return current, row[1] if row else None
 
     def write_fleet(self, defaults: dict[str, Any] | None, instances: list[dict[str, Any]],
                     replace: bool = False) -> int:
@@ -233,42 +379,116 @@ class PostgresStore:
             self._write_fleet(conn, version, defaults, instances, replace)
             return version
 
-    def _write_fleet(self, conn: psycopg.Connection[Any], version: int,
-                     defaults: dict[str, Any] | None, instances: list[dict[str, Any]],
-                     replace: bool) -> None:
-        rows = [(doc["instance-id"], _dump(doc), version) for doc in instances]
+    def _write_fleet(self, conn: Connection, version: int, defaults: dict[str, Any] | None,
+                     instances: list[dict[str, Any]], replace: bool) -> None:
         if defaults is not None:
             conn.execute("INSERT INTO defaults VALUES (1, %s) ON CONFLICT (id) DO UPDATE "
                          "SET doc = EXCLUDED.doc", (_dump(defaults),))
+        given = [(doc["instance-id"], Claims.of(doc), doc) for doc in instances]
+        claims = claims_of_batch(given)
+        gone: list[tuple[str, str]] = []
         if replace:
-            conn.execute("DELETE FROM instances")
+            gone = conn.execute("DELETE FROM instances RETURNING instance_id, host").fetchall()
+            conn.execute("DELETE FROM addresses")
+        if given:
+            gone += self._stage(conn, given, claims, replace)
+            conn.execute(
+                "INSERT INTO instances (instance_id, doc, revision, host) "
+                "SELECT instance_id, doc, %s, host FROM given ORDER BY n "
+                "ON CONFLICT (instance_id) DO UPDATE "
+                "SET doc = EXCLUDED.doc, revision = EXCLUDED.revision, host = EXCLUDED.host",
+                (version,))
+            conn.execute("INSERT INTO addresses SELECT vpc_id, address, instance_id "
+                         "FROM claimed")
+        rows: dict[str, Set[str]] = touched([*gone, *((i, c.host) for i, c, _ in given)])
+        if defaults is not None:
+            rows |= FLEET_ROWS
         if rows:
-            with conn.cursor() as cur:
-                cur.executemany(_INSTANCE_UPSERT, rows)
-        everything = defaults is not None or replace
-        self._notify(conn, Change(version, frozenset(r[0] for r in rows), everything))
+            self._log(conn, version, rows)
+
+    @staticmethod
+    def _stage(conn: Connection, given: list[tuple[str, Claims, dict[str, Any]]],
+               claims: list[tuple[str, str, str]], replace: bool) -> list[tuple[str, str]]:
+        """Copy a batch into temporary tables (`given`, `claimed`), check its addresses
+        against the index, and free the ones its instances hold now. Returns the instances
+        that moved, with the host they left."""
+        conn.execute("CREATE TEMP TABLE given (n int, instance_id text PRIMARY KEY, doc text, "
+                     "host text) ON COMMIT DROP")
+        conn.execute("CREATE TEMP TABLE claimed (vpc_id text, address text, instance_id text)"
+                     " ON COMMIT DROP")
+        with conn.cursor() as cur:
+            with cur.copy("COPY given FROM STDIN") as copy:
+                for n, (instance_id, c, doc) in enumerate(given):
+                    copy.write_row((n, instance_id, _dump(doc), c.host))
+            with cur.copy("COPY claimed FROM STDIN") as copy:
+                for row in claims:
+                    copy.write_row(row)
+        if replace:
+            return []
+        conn.execute("ANALYZE given")
+        conn.execute("ANALYZE claimed")
+        taken = conn.execute(
+            "SELECT c.vpc_id, c.address, a.instance_id, c.instance_id "
+            "FROM claimed c JOIN addresses a USING (vpc_id, address) "
+            "WHERE NOT EXISTS (SELECT 1 FROM given g WHERE g.instance_id = a.instance_id) "
+            "LIMIT 1").fetchone()
+        if taken:
+            raise AddressTaken(*taken)
+        moved = conn.execute("SELECT i.instance_id, i.host FROM instances i "
+                             "JOIN given g USING (instance_id) WHERE i.host <> g.host").fetchall()
+        conn.execute("DELETE FROM addresses a USING given g WHERE a.instance_id = g.instance_id")
+        return moved
 
     def delete_instances(self, ids: list[str]) -> int:
         with self._write() as (conn, version):
-            conn.execute("DELETE FROM instances WHERE instance_id = ANY(%s)", (list(ids),))
-            self._notify(conn, Change(version, frozenset(ids)))
+            gone = conn.execute("DELETE FROM instances WHERE instance_id = ANY(%s) "
+                                "RETURNING instance_id, host", (list(ids),)).fetchall()
+            conn.execute("DELETE FROM addresses WHERE instance_id = ANY(%s)", (list(ids),))
+            if gone:
+                self._log(conn, version, touched(gone))
             return version
 
     def put_instance(self, doc: dict[str, Any], expect: int | None) -> int:
         instance_id = doc["instance-id"]
+        claims = Claims.of(doc)
         with self._write() as (conn, version):
-            self._revision(conn, instance_id, expect)
-            conn.execute(_INSTANCE_UPSERT, (instance_id, _dump(doc), version))
-            self._notify(conn, Change(version, frozenset([instance_id])))
+            _, host = self._current(conn, instance_id, expect)
+            self._claim(conn, instance_id, claims)
+            conn.execute(_UPSERT, (instance_id, _dump(doc), version, claims.host))
+            moved = [] if host is None else [(instance_id, host)]
+            self._log(conn, version, touched([*moved, (instance_id, claims.host)]))
             return version
+
+    @staticmethod
+    def _claim(conn: Connection, instance_id: str, claims: Claims) -> None:
+        """Give one instance exactly `claims`' addresses, writing only the difference."""
+        held = {(v, a) for v, a in conn.execute(
+            "SELECT vpc_id, address FROM addresses WHERE instance_id = %s", (instance_id,))}
+        wanted = {(claims.vpc_id, a) for a in claims.addresses}
+        new = wanted - held
+        if new:
+            taken = conn.execute(
+                "SELECT vpc_id, address, instance_id FROM addresses WHERE vpc_id = %s "
+                "AND address = ANY(%s) LIMIT 1",
+                (claims.vpc_id, [a for _, a in new])).fetchone()
+            if taken:
+                raise AddressTaken(taken[0], taken[1], taken[2], instance_id)
+        with conn.cursor() as cur:
+            if held - wanted:
+                cur.executemany("DELETE FROM addresses WHERE vpc_id = %s AND address = %s",
+                                list(held - wanted))
+            if new:
+                cur.executemany("INSERT INTO addresses VALUES (%s, %s, %s)",
+                                [(v, a, instance_id) for v, a in new])
 
     def delete_instance(self, instance_id: str, expect: int | None) -> int:
         with self._write() as (conn, version):
-            self._revision(conn, instance_id, expect)
-            if conn.execute("DELETE FROM instances WHERE instance_id = %s",
-                            (instance_id,)).rowcount == 0:
+            _, host = self._current(conn, instance_id, expect)
+            if host is None:
                 raise Conflict(instance_id, 0)
-            self._notify(conn, Change(version, frozenset([instance_id])))
+            conn.execute("DELETE FROM instances WHERE instance_id = %s", (instance_id,))
+            conn.execute("DELETE FROM addresses WHERE instance_id = %s", (instance_id,))
+            self._log(conn, version, {host: {instance_id}})
             return version
 
     def first_token_key(self, key: TokenKey) -> list[TokenKey]:
@@ -283,17 +503,17 @@ class PostgresStore:
                 version = conn.execute("UPDATE state SET value = value + 1 "
                                        "WHERE key = 'version' RETURNING value").fetchone()
                 assert version is not None
-                self._notify(conn, Change(int(version[0])))
+                self._log(conn, int(version[0]))
         return self.token_keys()
 
     def replace_token_keys(self, keys: list[TokenKey]) -> int:
         with self._write() as (conn, version):
             self._replace_token_keys(conn, keys)
-            self._notify(conn, Change(version))
+            self._log(conn, version)
             return version
 
     @staticmethod
-    def _replace_token_keys(conn: psycopg.Connection[Any], keys: list[TokenKey]) -> None:
+    def _replace_token_keys(conn: Connection, keys: list[TokenKey]) -> None:
         conn.execute("DELETE FROM token_keys")
         if keys:
             with conn.cursor() as cur:
@@ -315,7 +535,7 @@ class PostgresStore:
         with self._write() as (conn, version):
             conn.execute("INSERT INTO secrets VALUES (%s, %s) ON CONFLICT (name) DO UPDATE "
                          "SET value = EXCLUDED.value", (name, value))
-            self._notify(conn, Change(version))
+            self._log(conn, version)
             return version
 
     # -- reading -------------------------------------------------------------------------
@@ -325,34 +545,51 @@ class PostgresStore:
             assert row is not None
             return int(row[0])
 
+    def changes(self, since: int, scope: Scope = None) -> Changes:
+        with self._pool.connection() as conn:
+            found = conn.execute(_CHANGES, {"since": since, "everywhere": scope is None,
+                                            "hosts": [*(scope or ()), FLEET]}).fetchall()
+        version, floor = int(found[0][0]), int(found[0][1])
+        if not floor <= since <= version:
+            return Changes(version, resync=True)
+        return within(((h, ids) for _, _, h, ids in found if h is not None), scope, version)
+
     def load_defaults(self) -> dict[str, Any]:
         with self._pool.connection() as conn:
             return self._defaults(conn)
 
     @staticmethod
-    def _defaults(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    def _defaults(conn: Connection) -> dict[str, Any]:
         row = conn.execute("SELECT doc FROM defaults WHERE id = 1").fetchone()
         return json.loads(row[0]) if row else {}
 
-    def revisions(self) -> dict[str, int]:
+    def revisions(self, scope: Scope = None) -> dict[str, int]:
         with self._pool.connection() as conn:
-            return {i: int(r) for i, r in
-                    conn.execute("SELECT instance_id, revision FROM instances")}
+            if scope is None:
+                rows = conn.execute("SELECT instance_id, revision FROM instances")
+            else:
+                rows = conn.execute("SELECT instance_id, revision FROM instances "
+                                    "WHERE host = ANY(%s)", (list(scope),))
+            return {i: int(r) for i, r in rows}
 
-    def load_instances(self, ids: list[str] | None = None) -> list[StoredInstance]:
+    def load_instances(self, ids: list[str] | None = None, scope: Scope = None
+                       ) -> list[StoredInstance]:
         with self._pool.connection() as conn:
-            return self._instances(conn, ids)
+            return self._instances(conn, ids, scope)
 
     @staticmethod
-    def _instances(conn: psycopg.Connection[Any], ids: list[str] | None
+    def _instances(conn: Connection, ids: list[str] | None, scope: Scope = None
                    ) -> list[StoredInstance]:
-        if ids is None:
-            rows = conn.execute("SELECT instance_id, doc, revision FROM instances "
-                                "ORDER BY seq").fetchall()
-        else:
-            rows = conn.execute("SELECT instance_id, doc, revision FROM instances "
-                                "WHERE instance_id = ANY(%s) ORDER BY seq",
-                                (list(ids),)).fetchall()
+        where, args = [], []
+        if ids is not None:
+            where.append("instance_id = ANY(%s)")
+            args.append(list(ids))
+        if scope is not None:
+            where.append("host = ANY(%s)")
+            args.append(list(scope))
+        rows = conn.execute("SELECT instance_id, doc, revision FROM instances "
+                            f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY seq",
+                            args).fetchall()
         return [StoredInstance(i, json.loads(d), int(r)) for i, d, r in rows]
 
     def token_keys(self) -> list[TokenKey]:
@@ -360,14 +597,15 @@ class PostgresStore:
             return self._token_keys(conn)
 
     @staticmethod
-    def _token_keys(conn: psycopg.Connection[Any]) -> list[TokenKey]:
+    def _token_keys(conn: Connection) -> list[TokenKey]:
         rows = conn.execute("SELECT kid, secret, created_at FROM token_keys ORDER BY kid")
         return [TokenKey(int(kid), bytes(secret), int(created))
                 for kid, secret, created in rows]
 
     # -- the change feed -----------------------------------------------------------------
-    def subscribe(self) -> PgSubscription:
-        return PgSubscription(self.params)
+    def subscribe(self) -> PgSubscription | None:
+        """None on a replica: a hot standby cannot LISTEN (its readers poll the log)."""
+        return None if self.replica else PgSubscription(self._pool)
 
     # -- copying a fleet -------------------------------------------------------------------
     def dump(self) -> StoreDump:
@@ -388,7 +626,10 @@ class PostgresStore:
                                 list(dump.secrets.items()))
             self._replace_token_keys(conn, dump.token_keys)
             self._write_fleet(conn, version, dump.defaults, dump.instances, replace=True)
+            conn.execute("DELETE FROM changes")
+            conn.execute("UPDATE state SET value = %s WHERE key = 'log-floor'", (version,))
             return version
 
     def close(self) -> None:
         self._pool.close()
+

@@ -1,18 +1,37 @@
-"""The embedded store: one SQLite file, safe for one writer and many readers at once."""
+"""The embedded store: one SQLite file, safe for one writer and many readers at once.
+
+Writes are serialised by SQLite itself (BEGIN IMMEDIATE); the unique index on addresses
+makes a second claim on an address impossible, and each write checks its claims against
+the index first, so that the refusal names both instances.
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ecs_imds.errors import Conflict
+from ecs_imds.errors import AddressTaken, Conflict
 from ecs_imds.protocol.tokens import TokenKey
-from ecs_imds.store.base import StoredInstance, StoreDump
+from ecs_imds.store.base import (
+    DEFAULT_RETENTION,
+    FLEET,
+    FLEET_ROWS,
+    PRUNE_EVERY,
+    Changes,
+    Claims,
+    Scope,
+    StoredInstance,
+    StoreDump,
+    claims_of_batch,
+    touched,
+    within,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -25,20 +44,61 @@ CREATE TABLE IF NOT EXISTS token_keys (
 CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
 
+# Schema 2: placement, the address index and the change log (PRAGMA user_version).
+SCHEMA_2 = """
+ALTER TABLE instances ADD COLUMN host TEXT NOT NULL DEFAULT '';
+CREATE INDEX instances_by_host ON instances (host);
+CREATE TABLE addresses (
+    vpc_id TEXT NOT NULL, address TEXT NOT NULL, instance_id TEXT NOT NULL,
+    PRIMARY KEY (vpc_id, address)) WITHOUT ROWID;
+CREATE INDEX addresses_by_instance ON addresses (instance_id);
+CREATE TABLE changes (
+    version INTEGER NOT NULL, host TEXT NOT NULL, ids TEXT, at REAL NOT NULL,
+    PRIMARY KEY (version, host)) WITHOUT ROWID;
+CREATE INDEX changes_by_host ON changes (host, version);
+CREATE INDEX changes_by_time ON changes (at);
+INSERT INTO state SELECT 'log-floor', value FROM state WHERE key = 'version';
+"""
+SCHEMA_VERSION = 2
+
+_UPSERT = ("INSERT INTO instances (instance_id, doc, revision, host) VALUES (?, ?, ?, ?) "
+           "ON CONFLICT (instance_id) DO UPDATE "
+           "SET doc = excluded.doc, revision = excluded.revision, host = excluded.host")
+
 
 def _dump(doc: dict[str, Any]) -> str:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
 
 
+def _marks(values: Iterable[Any]) -> str:
+    return ",".join("?" for _ in values)
+
+
 class SQLiteStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, retention: float = DEFAULT_RETENTION) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.retention = retention
         self._local = threading.local()
         with self._tx() as db:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                self._schema_2(db)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _schema_2(self, db: sqlite3.Connection) -> None:
+        for statement in SCHEMA_2.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        rows = [(i, Claims.of(json.loads(d))) for i, d in
+                db.execute("SELECT instance_id, doc FROM instances ORDER BY rowid")]
+        db.executemany("UPDATE instances SET host = ? WHERE instance_id = ?",
+                       [(c.host, i) for i, c in rows if c.host])
+        # A store edited by hand may hold an address twice: the first claim keeps it.
+        db.executemany("INSERT OR IGNORE INTO addresses VALUES (?, ?, ?)",
+                       [(c.vpc_id, a, i) for i, c in rows for a in c.addresses])
 
     def _db(self) -> sqlite3.Connection:
         """One connection per thread: the change feed polls from its own thread."""
@@ -51,9 +111,9 @@ class SQLiteStore:
         return db
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
+        db.execute(begin)
         try:
             yield db
         except BaseException:
@@ -65,6 +125,38 @@ class SQLiteStore:
         db.execute("UPDATE state SET value = value + 1 WHERE key = 'version'")
         return int(db.execute("SELECT value FROM state WHERE key = 'version'").fetchone()[0])
 
+    # -- the change log --------------------------------------------------------------------
+    def _log(self, db: sqlite3.Connection, version: int,
+             rows: Mapping[str, Set[str]] = FLEET_ROWS) -> None:
+        """Append one write's rows (host → ids) to the change log; prune it now and then."""
+        now = time.time()
+        db.executemany("INSERT INTO changes VALUES (?, ?, ?, ?)",
+                       [(version, host, json.dumps(sorted(ids)), now)
+                        for host, ids in rows.items()])
+        if version % PRUNE_EVERY == 0:
+            cut = db.execute("SELECT max(version) FROM changes WHERE at < ?",
+                             (now - self.retention,)).fetchone()[0]
+            if cut is not None:
+                db.execute("DELETE FROM changes WHERE version <= ?", (cut,))
+                db.execute("UPDATE state SET value = max(value, ?) WHERE key = 'log-floor'",
+                           (cut,))
+
+    def changes(self, since: int, scope: Scope = None) -> Changes:
+        with self._tx("BEGIN") as db:  # one read transaction: the log as of one version
+            state = dict(db.execute("SELECT key, value FROM state"))
+            version, floor = int(state["version"]), int(state["log-floor"])
+            if not floor <= since <= version:
+                return Changes(version, resync=True)
+            query = "SELECT host, ids FROM changes WHERE version > ? AND version <= ?"
+            args: list[Any] = [since, version]
+            if scope is not None:
+                hosts = [*scope, FLEET]
+                query += f" AND host IN ({_marks(hosts)})"
+                args += hosts
+            rows = [(host, json.loads(ids)) for host, ids in db.execute(query, args)]
+        return within(rows, scope, version)
+
+    # -- reading ---------------------------------------------------------------------------
     def version(self) -> int:
         row = self._db().execute("SELECT value FROM state WHERE key = 'version'").fetchone()
         return int(row[0])
@@ -73,23 +165,32 @@ class SQLiteStore:
         row = self._db().execute("SELECT doc FROM defaults WHERE id = 1").fetchone()
         return json.loads(row[0]) if row else {}
 
-    def revisions(self) -> dict[str, int]:
-        return dict(self._db().execute("SELECT instance_id, revision FROM instances"))
+    def revisions(self, scope: Scope = None) -> dict[str, int]:
+        if scope is None:
+            return dict(self._db().execute("SELECT instance_id, revision FROM instances"))
+        hosts = list(scope)
+        return dict(self._db().execute("SELECT instance_id, revision FROM instances "
+                                       f"WHERE host IN ({_marks(hosts)})", hosts))
 
-    def load_instances(self, ids: list[str] | None = None) -> list[StoredInstance]:
+    def load_instances(self, ids: list[str] | None = None, scope: Scope = None
+                       ) -> list[StoredInstance]:
         db = self._db()
+        where, args = "", []
+        if scope is not None:
+            where, args = f" AND host IN ({_marks(scope)})", list(scope)
         if ids is None:
             rows = db.execute("SELECT instance_id, doc, revision FROM instances "
-                              "ORDER BY rowid").fetchall()
+                              f"WHERE 1 {where} ORDER BY rowid", args).fetchall()
         else:
             rows = []
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
-                marks = ",".join("?" * len(chunk))
                 rows += db.execute("SELECT instance_id, doc, revision FROM instances "
-                                   f"WHERE instance_id IN ({marks})", chunk).fetchall()
+                                   f"WHERE instance_id IN ({_marks(chunk)}) {where} "
+                                   "ORDER BY rowid", [*chunk, *args]).fetchall()
         return [StoredInstance(i, json.loads(d), r) for i, d, r in rows]
 
+    # -- writing instances -----------------------------------------------------------------
     def write_fleet(self, defaults: dict[str, Any] | None, instances: list[dict[str, Any]],
                     replace: bool = False) -> int:
         with self._tx() as db:
@@ -100,47 +201,115 @@ class SQLiteStore:
         version = self._bump(db)
         if defaults is not None:
             db.execute("INSERT OR REPLACE INTO defaults VALUES (1, ?)", (_dump(defaults),))
+        given = [(doc["instance-id"], Claims.of(doc), doc) for doc in instances]
+        claims = claims_of_batch(given)
+        gone: list[tuple[str, str]] = []
         if replace:
+            gone = db.execute("SELECT instance_id, host FROM instances").fetchall()
             db.execute("DELETE FROM instances")
-        db.executemany(
-            "INSERT INTO instances VALUES (?, ?, ?) ON CONFLICT (instance_id) DO UPDATE "
-            "SET doc = excluded.doc, revision = excluded.revision",
-            [(doc["instance-id"], _dump(doc), version) for doc in instances])
+            db.execute("DELETE FROM addresses")
+        else:
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS given "
+                       "(instance_id TEXT PRIMARY KEY, host TEXT NOT NULL) WITHOUT ROWID")
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS claimed (vpc_id TEXT, address TEXT, "
+                       "instance_id TEXT, PRIMARY KEY (vpc_id, address)) WITHOUT ROWID")
+            try:
+                db.executemany("INSERT INTO given VALUES (?, ?)",
+                               [(i, c.host) for i, c, _ in given])
+                db.executemany("INSERT INTO claimed VALUES (?, ?, ?)", claims)
+                taken = db.execute(
+                    "SELECT c.vpc_id, c.address, a.instance_id, c.instance_id "
+                    "FROM claimed c JOIN addresses a USING (vpc_id, address) "
+                    "WHERE a.instance_id NOT IN (SELECT instance_id FROM given) LIMIT 1"
+                ).fetchone()
+                if taken:
+                    raise AddressTaken(*taken)
+                gone = db.execute("SELECT i.instance_id, i.host FROM instances i JOIN given g "
+                                  "USING (instance_id) WHERE i.host <> g.host").fetchall()
+                db.execute("DELETE FROM addresses WHERE instance_id IN "
+                           "(SELECT instance_id FROM given)")
+            finally:
+                db.execute("DELETE FROM given")
+                db.execute("DELETE FROM claimed")
+        db.executemany(_UPSERT, [(i, _dump(doc), version, c.host) for i, c, doc in given])
+        db.executemany("INSERT INTO addresses VALUES (?, ?, ?)", claims)
+        rows = touched([*gone, *((i, c.host) for i, c, _ in given)])
+        if defaults is not None:
+            rows |= FLEET_ROWS
+        if rows:
+            self._log(db, version, rows)
         return version
 
     def delete_instances(self, ids: list[str]) -> int:
         with self._tx() as db:
-            db.executemany("DELETE FROM instances WHERE instance_id = ?", [(i,) for i in ids])
-            return self._bump(db)
+            version = self._bump(db)
+            gone = []
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                gone += db.execute(f"DELETE FROM instances WHERE instance_id IN "
+                                   f"({_marks(chunk)}) RETURNING instance_id, host",
+                                   chunk).fetchall()
+                db.execute(f"DELETE FROM addresses WHERE instance_id IN ({_marks(chunk)})",
+                           chunk)
+            if gone:
+                self._log(db, version, touched(gone))
+            return version
 
-    def _check(self, db: sqlite3.Connection, instance_id: str, expect: int | None) -> None:
-        row = db.execute("SELECT revision FROM instances WHERE instance_id = ?",
+    def _current(self, db: sqlite3.Connection, instance_id: str, expect: int | None
+                 ) -> tuple[int, str | None]:
+        """The instance's revision (0: none) and host, checked against `expect`."""
+        row = db.execute("SELECT revision, host FROM instances WHERE instance_id = ?",
                          (instance_id,)).fetchone()
         current = int(row[0]) if row else 0
         if expect is not None and current != expect:
             raise Conflict(instance_id, current)
+        return current, row[1] if row else None
 
     def put_instance(self, doc: dict[str, Any], expect: int | None) -> int:
+        instance_id = doc["instance-id"]
+        claims = Claims.of(doc)
         with self._tx() as db:
-            self._check(db, doc["instance-id"], expect)
+            _, host = self._current(db, instance_id, expect)
+            self._claim(db, instance_id, claims)
             version = self._bump(db)
-            db.execute("INSERT INTO instances VALUES (?, ?, ?) ON CONFLICT (instance_id) "
-                       "DO UPDATE SET doc = excluded.doc, revision = excluded.revision",
-                       (doc["instance-id"], _dump(doc), version))
+            db.execute(_UPSERT, (instance_id, _dump(doc), version, claims.host))
+            moved = [] if host is None else [(instance_id, host)]
+            self._log(db, version, touched([*moved, (instance_id, claims.host)]))
             return version
+
+    def _claim(self, db: sqlite3.Connection, instance_id: str, claims: Claims) -> None:
+        """Give one instance exactly `claims`' addresses, writing only the difference."""
+        held = set(db.execute("SELECT vpc_id, address FROM addresses WHERE instance_id = ?",
+                              (instance_id,)))
+        wanted = {(claims.vpc_id, a) for a in claims.addresses}
+        for vpc_id, address in wanted - held:
+            owner = db.execute("SELECT instance_id FROM addresses WHERE vpc_id = ? AND "
+                               "address = ?", (vpc_id, address)).fetchone()
+            if owner:
+                raise AddressTaken(vpc_id, address, owner[0], instance_id)
+        db.executemany("DELETE FROM addresses WHERE vpc_id = ? AND address = ?",
+                       held - wanted)
+        db.executemany("INSERT INTO addresses VALUES (?, ?, ?)",
+                       [(v, a, instance_id) for v, a in wanted - held])
 
     def delete_instance(self, instance_id: str, expect: int | None) -> int:
         with self._tx() as db:
-            self._check(db, instance_id, expect)
-            if db.execute("DELETE FROM instances WHERE instance_id = ?",
-                          (instance_id,)).rowcount == 0:
+            _, host = self._current(db, instance_id, expect)
+            if host is None:
                 raise Conflict(instance_id, 0)
-            return self._bump(db)
+            db.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
+            db.execute("DELETE FROM addresses WHERE instance_id = ?", (instance_id,))
+            version = self._bump(db)
+            self._log(db, version, {host: {instance_id}})
+            return version
 
+    # -- keys and secrets ------------------------------------------------------------------
     def set_secret(self, name: str, value: bytes) -> int:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO secrets VALUES (?, ?)", (name, value))
-            return self._bump(db)
+            version = self._bump(db)
+            self._log(db, version)
+            return version
 
     def token_keys(self) -> list[TokenKey]:
         rows = self._db().execute("SELECT kid, secret, created_at FROM token_keys ORDER BY kid")
@@ -151,7 +320,7 @@ class SQLiteStore:
             if db.execute("SELECT count(*) FROM token_keys").fetchone()[0] == 0:
                 db.execute("INSERT INTO token_keys VALUES (?, ?, ?)",
                            (key.kid, key.secret, key.created_at))
-                self._bump(db)
+                self._log(db, self._bump(db))
         return self.token_keys()
 
     def replace_token_keys(self, keys: list[TokenKey]) -> int:
@@ -162,7 +331,9 @@ class SQLiteStore:
         db.execute("DELETE FROM token_keys")
         db.executemany("INSERT INTO token_keys VALUES (?, ?, ?)",
                        [(k.kid, k.secret, k.created_at) for k in keys])
-        return self._bump(db)
+        version = self._bump(db)
+        self._log(db, version)
+        return version
 
     def secret(self, name: str, make: Callable[[], bytes]) -> bytes:
         with self._tx() as db:
@@ -177,28 +348,28 @@ class SQLiteStore:
         """SQLite cannot tell other processes what changed: the change feed polls."""
         return None
 
+    # -- copying a fleet -------------------------------------------------------------------
     def dump(self) -> StoreDump:
-        db = self._db()
-        db.execute("BEGIN")  # one read transaction: a consistent view
-        try:
-            dump = StoreDump(
+        with self._tx("BEGIN") as db:  # one read transaction: a consistent view
+            return StoreDump(
                 defaults=self.load_defaults(),
                 instances=[s.doc for s in self.load_instances()],
                 token_keys=self.token_keys(),
                 secrets={n: bytes(v) for n, v in db.execute("SELECT name, value FROM secrets")})
-        finally:
-            db.execute("COMMIT")
-        return dump
 
     def restore(self, dump: StoreDump) -> int:
         with self._tx() as db:
             db.execute("DELETE FROM secrets")
             db.executemany("INSERT INTO secrets VALUES (?, ?)", list(dump.secrets.items()))
             self._replace_token_keys(db, dump.token_keys)
-            return self._write_fleet(db, dump.defaults, dump.instances, replace=True)
+            version = self._write_fleet(db, dump.defaults, dump.instances, replace=True)
+            db.execute("DELETE FROM changes")
+            db.execute("UPDATE state SET value = ? WHERE key = 'log-floor'", (version,))
+            return version
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:
             db.close()
             self._local.db = None
+
