@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import subprocess
 import threading
@@ -53,8 +54,8 @@ def new_instance(n: int) -> dict[str, Any]:
 
 
 # -- auth -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/openapi.json", "/docs",
-                                  "/v1/instances", f"/v1/instances/{WEB}", "/nonexistent"])
+@pytest.mark.parametrize("path", ["/metrics", "/v1/instances", f"/v1/instances/{WEB}",
+                                  "/v1/api-tokens", "/nonexistent", "/docsx", "/healthz/x"])
 @pytest.mark.parametrize("auth", [None, "Bearer nope", "Bearer admin.admin.AAAA", "Basic x"])
 def test_no_valid_token_gets_only_401(server: ServerProcess, path: str, auth: str | None
                                       ) -> None:
@@ -62,6 +63,21 @@ def test_no_valid_token_gets_only_401(server: ServerProcess, path: str, auth: st
     resp = httpx.get(server.api_url + path, headers=headers)
     assert resp.status_code == 401
     assert resp.json()["Code"] == "Unauthorized"
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/openapi.json", "/docs"])
+def test_health_and_docs_answer_without_a_token_and_reveal_no_secret(
+        server: ServerProcess, path: str) -> None:
+    resp = httpx.get(server.api_url + path)
+    assert resp.status_code == 200
+    assert server.token() not in resp.text
+    assert server.token().rsplit(".", 1)[-1] not in resp.text
+
+
+def test_metrics_need_a_token_unless_opened(server: ServerProcess) -> None:
+    assert httpx.get(server.api_url + "/metrics").status_code == 401
+    op = httpx.get(server.api_url + "/openapi.json").json()["paths"]["/metrics"]["get"]
+    assert "security" not in op  # the document's global bearer requirement applies
 
 
 def test_read_only_token_reads_but_never_writes(reader: httpx.Client) -> None:
@@ -211,7 +227,8 @@ def test_user_data_limit(api: httpx.Client) -> None:
 def test_health_and_metrics(api: httpx.Client, server: ServerProcess) -> None:
     assert api.get("/healthz").json() == {"status": "ok"}
     ready = api.get("/readyz").json()
-    assert ready["ready"] is True and ready["stale"] is False and ready["instances"] >= 3
+    assert ready["status"] == "ready" and ready["ready"] is True and ready["stale"] is False
+    assert ready["instances"] >= 3
     port = server.port
     get(port, "/latest/meta-data/instance-id")
     get(port, "/latest/meta-data/ram/security-credentials/demo-ecs-role")
@@ -234,6 +251,15 @@ def test_health_and_metrics(api: httpx.Client, server: ServerProcess) -> None:
     text = api.get("/metrics").text
     assert _metric(text, "ecs_imds_dataplane_processing_seconds_count") >= 2
     assert 'ecs_imds_dataplane_processing_seconds_bucket{le="+Inf"}' in text
+
+
+def test_metrics_count_the_process_and_the_build(api: httpx.Client) -> None:
+    text = api.get("/metrics").text
+    assert _metric(text, "process_resident_memory_bytes") > 0
+    assert _metric(text, "process_cpu_seconds_total") > 0
+    assert _metric(text, "ecs_imds_workers") == 1
+    (info,) = [ln for ln in text.splitlines() if ln.startswith("ecs_imds_build_info{")]
+    assert 'version="0.1.0"' in info and info.endswith(" 1.0")
 
 
 def _metric(text: str, name: str) -> float:
@@ -287,3 +313,49 @@ def test_schemathesis_finds_no_server_error(server: ServerProcess, tmp_path: Pat
          "--exclude-path-regex", "rotate"],
         capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+# -- the API's own documentation -------------------------------------------------------------
+def test_openapi_declares_the_bearer_scheme_and_names_operations(server: ServerProcess
+                                                                 ) -> None:
+    doc = httpx.get(server.api_url + "/openapi.json").json()
+    scheme = doc["components"]["securitySchemes"]["bearer"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert doc["security"] == [{"bearer": []}]
+    ids = {op["operationId"]: (path, method) for path, ops in doc["paths"].items()
+           for method, op in ops.items()}
+    assert ids["ModifyInstanceMetadataOptions"] == (
+        "/v1/instances/{instance_id}/metadata-options", "patch")
+    assert ids["DescribeInstances"] == ("/v1/instances", "get")
+    assert ids["ImportFleet"] == ("/v1/fleet", "post")
+    assert all(re.fullmatch(r"(?:[A-Z][a-z0-9]*)+", name) for name in ids), sorted(ids)
+    for public in ("/healthz", "/readyz"):
+        assert doc["paths"][public]["get"]["security"] == []
+
+
+def test_docs_page_loads_only_from_the_server(server: ServerProcess) -> None:
+    page = httpx.get(server.api_url + "/docs").text
+    links = re.findall(r"""(?:src|href)=["']([^"']+)""", page)
+    links += re.findall(r"""url: ["']([^"']+)""", page)
+    assert links and all(link.startswith("/") for link in links), links
+    for link in links:
+        resp = httpx.get(server.api_url + link)
+        assert resp.status_code == 200 and len(resp.content) > 0, link
+    bundle = httpx.get(server.api_url + "/docs/assets/swagger-ui-bundle.js")
+    assert bundle.headers["content-type"].startswith("text/javascript")
+    assert b"SwaggerUIBundle" in bundle.content
+    assert httpx.get(server.api_url + "/docs/assets/secret.txt").status_code == 404
+
+
+def test_docs_page_renders_offline_with_an_authorize_button(server: ServerProcess,
+                                                            tmp_path: Path) -> None:
+    """A real headless Chromium whose only way out is a dead proxy: nothing but the server
+    on loopback can be reached, and the page still renders its operations."""
+    result = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+         "--proxy-server=http://127.0.0.1:9", f"--user-data-dir={tmp_path}",
+         "--virtual-time-budget=15000", "--dump-dom", f"{server.api_url}/docs"],
+        capture_output=True, text=True, timeout=120)
+    dom = result.stdout
+    assert "Authorize" in dom, result.stderr[-2000:]
+    assert "ModifyInstanceMetadataOptions" in dom and "ecs-imds control plane" in dom

@@ -12,9 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
-from server import ServerProcess, demo_server, get
+from ecs_imds.control.fleet import import_fleet
+from ecs_imds.demo import DEMO_VPC, demo_fleet
+from ecs_imds.store.postgres import PostgresStore
+from pg import wait_until
+from server import ServerProcess, demo_server, free_port, get
 
 WEB = "i-bp1demo0000000000001"
 
@@ -56,3 +61,30 @@ def test_a_held_store_stalls_only_the_writes_waiting_for_it(server: ServerProces
         for t in writers:
             t.join(timeout=120)
     assert done == [200] * 48
+
+
+def test_readyz_says_starting_until_the_first_snapshot(tmp_path: Path, pg_url: str) -> None:
+    """The first snapshot cannot be built while another session holds the instances table:
+    the API answers already, /readyz says "starting", and "ready" once the table is free."""
+    store = PostgresStore(pg_url)
+    import_fleet(store, demo_fleet())
+    store.close()
+    srv = ServerProcess(tmp_path, demo_fleet(),
+                        [{"bind": f"127.0.0.1:{free_port()}", "vpc-id": DEMO_VPC}],
+                        store=pg_url, api={"bind": f"127.0.0.1:{free_port()}"})
+    holder = psycopg.connect(pg_url)
+    try:
+        holder.execute("LOCK TABLE instances IN ACCESS EXCLUSIVE MODE")
+        srv.launch()
+        for _ in range(3):
+            ready = httpx.get(srv.api_url + "/readyz")
+            assert ready.status_code == 503
+            assert ready.json() == {"status": "starting", "ready": False, "stale": False,
+                                    "version": None, "age_seconds": None, "instances": 0}
+            assert httpx.get(srv.api_url + "/healthz").json() == {"status": "ok"}
+        holder.rollback()
+        wait_until(lambda: httpx.get(srv.api_url + "/readyz").status_code == 200)
+        assert httpx.get(srv.api_url + "/readyz").json()["instances"] == 3
+    finally:
+        holder.close()
+        srv.cleanup()

@@ -6,6 +6,9 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from ecs_imds.demo import DEMO_VPC, demo_fleet
 from server import ServerProcess, free_port, get
@@ -49,12 +52,12 @@ def alive(pid: int) -> bool:
         f"/proc/{pid}/stat").read_text().split()[2]
 
 
-def start(tmp: Path) -> tuple[ServerProcess, int]:
+def start(tmp: Path, **settings: Any) -> tuple[ServerProcess, int]:
     port = free_port()
     srv = ServerProcess(tmp, demo_fleet(),
                         [{"bind": f"127.0.0.1:{port}", "vpc-id": DEMO_VPC,
                           "aliases": {"127.0.0.1": WEB}}],
-                        workers=2, limits={"rate": 0})
+                        workers=2, limits={"rate": 0}, **settings)
     srv.start()
     srv.wait_ready("127.0.0.1", port)
     return srv, port
@@ -95,5 +98,37 @@ def test_a_dead_worker_stops_the_service(tmp_path: Path) -> None:
         while alive(second):
             assert time.monotonic() < deadline, "the other worker kept running"
             time.sleep(0.05)
+    finally:
+        srv.cleanup()
+
+
+def test_metrics_total_every_worker(tmp_path: Path) -> None:
+    """Only the first worker answers /metrics; it reports the sum of both workers' counters
+    (published through shared memory), opened to scrapers without a token."""
+    srv, port = start(tmp_path, api={"bind": f"127.0.0.1:{free_port()}", "open-metrics": True})
+    try:
+        metrics = srv.api_url + "/metrics"
+        for _ in range(40):  # new connections: the kernel spreads them over both workers
+            assert get(port, "/latest/meta-data/instance-id")[0] == 200
+
+        def served() -> float:
+            return sum(float(line.split()[1]) for line in httpx.get(metrics).text.splitlines()
+                       if line.startswith("ecs_imds_dataplane_responses_total{"))
+
+        deadline = time.monotonic() + 10
+        while served() != 40:
+            assert time.monotonic() < deadline, f"{served()} responses counted, not 40"
+            time.sleep(0.1)
+        text = httpx.get(metrics).text
+        assert "ecs_imds_workers 2.0" in text
+        assert 'ecs_imds_dataplane_responses_total{class="2xx",code="200"} 40.0' in text
+        rss = [float(ln.split()[1]) for ln in text.splitlines()
+               if ln.startswith("process_resident_memory_bytes ")]
+        assert srv.proc is not None
+        each = [int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf(
+            "SC_PAGE_SIZE") for pid in children(srv.proc.pid)]
+        assert rss[0] > 1.5 * max(each)  # both processes' memory, summed
+        assert "ecs_imds_build_info{" in text
+        assert httpx.get(srv.api_url + "/v1/instances").status_code == 401
     finally:
         srv.cleanup()

@@ -71,6 +71,7 @@ class ApiSettings:
     bind: str | None = DEFAULT_API_BIND
     unix: str | None = None
     enabled: bool = True
+    open_metrics: bool = False  # /metrics without a token, for scrapers
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,13 +169,16 @@ def _section(doc: dict[str, Any], name: str, cls: Any, where: str) -> Any:
 def _api(doc: Any) -> ApiSettings:
     if doc is False:
         return ApiSettings(enabled=False)
-    if not isinstance(doc, dict) or set(doc) - {"bind", "unix"}:
+    if not isinstance(doc, dict) or set(doc) - {"bind", "unix", "open-metrics"}:
         raise ValidationError("api", "must be false or have bind: ADDRESS:PORT or unix: PATH")
     if doc.get("bind"):
         parse_bind(str(doc["bind"]), "api.bind")
+    open_metrics = doc.get("open-metrics", False)
+    if not isinstance(open_metrics, bool):
+        raise ValidationError("api.open-metrics", "must be true or false")
     if doc.get("unix"):
-        return ApiSettings(bind=None, unix=str(doc["unix"]))
-    return ApiSettings(bind=str(doc.get("bind") or DEFAULT_API_BIND))
+        return ApiSettings(bind=None, unix=str(doc["unix"]), open_metrics=open_metrics)
+    return ApiSettings(bind=str(doc.get("bind") or DEFAULT_API_BIND), open_metrics=open_metrics)
 
 
 def load(path: Path | None, **overrides: Any) -> Config:

@@ -3,6 +3,11 @@
 
 `create_app` only puts the pieces together; what a route does is in its own module, and
 another part of the server (the web console) adds its routers with `app.include_router`.
+
+Every path needs a bearer token except those the app lists as public (`public_paths`,
+`public_prefixes` in `app.state`): liveness, readiness, the API's documentation, and
+/metrics when the operator opened it to scrapers. None of those reveals a secret. A path
+nobody declared public is protected, whoever adds it.
 """
 
 from __future__ import annotations
@@ -11,22 +16,34 @@ from collections.abc import Iterable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 
 from ecs_imds.control.context import ControlContext
 from ecs_imds.control.http import error, install_error_handlers
-from ecs_imds.control.routes import ROUTERS
+from ecs_imds.control.routes import ROUTERS, docs
 
-DESCRIPTION = ("Operate the fleet an ECS instance metadata service serves. "
-               "Every request needs `Authorization: Bearer <token>`.")
+DESCRIPTION = ("Operate the fleet an ECS instance metadata service serves. Every request "
+               "needs `Authorization: Bearer <token>` (Authorize, above), except liveness, "
+               "readiness and this documentation.")
+PUBLIC_PATHS = ("/healthz", "/readyz", "/openapi.json", docs.DOCS)
+PUBLIC_PREFIXES = (docs.ASSETS,)
+SCHEME = "bearer"
 
 
 def create_app(ctx: ControlContext, routers: Iterable[APIRouter] = ROUTERS) -> FastAPI:
-    app = FastAPI(title="ecs-imds control plane", version="1", description=DESCRIPTION)
+    app = FastAPI(title="ecs-imds control plane", version="1", description=DESCRIPTION,
+                  docs_url=None, redoc_url=None)
     app.state.control = ctx
+    app.state.public_paths = {*PUBLIC_PATHS, *(["/metrics"] if ctx.open_metrics else [])}
+    app.state.public_prefixes = list(PUBLIC_PREFIXES)
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next: Any) -> Response:
+        path = request.url.path
+        if path in app.state.public_paths or path.startswith(tuple(app.state.public_prefixes)):
+            response: Response = await call_next(request)
+            return response
         principal = ctx.authority.check(request.headers.get("authorization"))
         if principal is None:
             return error(401, "Unauthorized", "a valid bearer token is required",
@@ -34,10 +51,30 @@ def create_app(ctx: ControlContext, routers: Iterable[APIRouter] = ROUTERS) -> F
         if request.method not in ("GET", "HEAD") and not principal.may_write:
             return error(403, "Forbidden", f"token {principal.name} is read-only")
         request.state.principal = principal
-        response: Response = await call_next(request)
+        response = await call_next(request)
         return response
 
     install_error_handlers(app)
-    for router in routers:
+    for router in (*routers, docs.router):
         app.include_router(router)
+    app.openapi = lambda: openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, declaring the bearer scheme (the docs' Authorize button) for
+    every operation but the public ones."""
+    if app.openapi_schema is None:
+        doc = get_openapi(title=app.title, version=app.version, description=app.description,
+                          routes=app.routes)
+        doc.setdefault("components", {})["securitySchemes"] = {SCHEME: {
+            "type": "http", "scheme": "bearer",
+            "description": "An API token: `<data-dir>/admin.token`, or `ecs-imds admin "
+                           "token create`"}}
+        doc["security"] = [{SCHEME: []}]
+        for path, operations in doc.get("paths", {}).items():
+            if path in app.state.public_paths:
+                for operation in operations.values():
+                    operation["security"] = []
+        app.openapi_schema = doc
+    return app.openapi_schema

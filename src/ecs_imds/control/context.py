@@ -35,7 +35,8 @@ STORE_THREADS = 8
 @dataclass
 class ControlContext:
     """The store, the token authority, the served snapshot (None until the first is built),
-    the audit log, the metrics, and the RAM credential issuer (None: none to verify)."""
+    the audit log, the metrics, the RAM credential issuer (None: none to verify), and
+    whether /metrics is open to scrapers without a token."""
 
     store: Store
     authority: Authority
@@ -43,6 +44,7 @@ class ControlContext:
     metrics: Metrics
     audit: Audit
     issuer: Callable[[], Issuer | None] = lambda: None
+    open_metrics: bool = False
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
         STORE_THREADS, thread_name_prefix="control-store"))
 

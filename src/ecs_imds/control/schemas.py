@@ -217,6 +217,7 @@ class Health(BaseModel):
 
 
 class Ready(BaseModel):
+    status: str = Field(description="starting, ready or stale")
     ready: bool
     stale: bool
     version: int | None

@@ -23,7 +23,7 @@ from ecs_imds.control.context import ControlContext
 from ecs_imds.dataplane.fulfil import Secrets
 from ecs_imds.dataplane.plane import DataPlane, bind_socket
 from ecs_imds.issuers import open_issuer
-from ecs_imds.metrics import Metrics
+from ecs_imds.metrics import Metrics, MetricsBoard
 from ecs_imds.protocol.snapshot import Snapshot
 from ecs_imds.server.workers import run_workers
 from ecs_imds.store import Store, keys, open_store
@@ -40,6 +40,8 @@ class Service:
     store: Store
     dynamic: Secrets
     authority: Authority
+    board: MetricsBoard | None = None  # with several workers: where each publishes metrics
+    worker: int = 0
     plane: DataPlane | None = field(default=None, init=False)
     _identity: bytes = field(default=b"", init=False)
 
@@ -68,17 +70,22 @@ class Service:
             self.dynamic.signer = keys.identity_signer(self.store, blob)
             self._identity = blob
 
-    def control_app(self) -> FastAPI:
+    def metrics(self) -> Metrics:
+        return Metrics(lambda: self.plane.snapshot if self.plane else None,
+                       lambda: [self.dynamic, *([self.plane.stats] if self.plane else [])],
+                       self.board, self.worker)
+
+    def control_app(self, metrics: Metrics) -> FastAPI:
         ctx = ControlContext(
             store=self.store, authority=self.authority,
             snapshot=lambda: self.plane.snapshot if self.plane else None,
-            metrics=Metrics(lambda: self.plane.snapshot if self.plane else None,
-                            lambda: [self.dynamic, *([self.plane.stats] if self.plane else [])]),
+            metrics=metrics,
             audit=Audit(json_logger("ecs_imds.audit", self.config.audit_path)),
-            issuer=lambda: self.dynamic.issuer)
+            issuer=lambda: self.dynamic.issuer, open_metrics=self.config.api.open_metrics)
         return create_app(ctx)
 
-    async def _start_api(self, api: ApiSettings) -> tuple[uvicorn.Server, socket.socket]:
+    async def _start_api(self, api: ApiSettings, metrics: Metrics
+                         ) -> tuple[uvicorn.Server, socket.socket]:
         if api.unix:
             path = Path(api.unix)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +101,7 @@ class Service:
             sock.bind((host, port))
         sock.listen(128)
         sock.setblocking(False)
-        server = uvicorn.Server(uvicorn.Config(self.control_app(), log_config=None,
+        server = uvicorn.Server(uvicorn.Config(self.control_app(metrics), log_config=None,
                                                access_log=False, lifespan="off"))
         server.config.load()
         server.lifespan = server.config.lifespan_class(server.config)
@@ -106,6 +113,9 @@ class Service:
         loop = asyncio.get_running_loop()
         listeners = self.config.listeners
         sockets = [bind_socket(lst, reuse_port=self.config.workers > 1) for lst in listeners]
+        metrics = self.metrics()
+        # The API first: /readyz says "starting" while the first snapshot is built.
+        api = await self._start_api(self.config.api, metrics) if self.config.api.enabled else None
         builder = SnapshotBuilder(self.store, self.dynamic, before_build=self._refresh_identity)
         first = await loop.run_in_executor(None, builder.build)
         plane = self.plane = DataPlane(first, self.config.limits,
@@ -119,13 +129,15 @@ class Service:
         feed = ChangeFeed(builder, first, publish, self.config.poll_interval)
         feed.start()
         await plane.start(list(zip(listeners, sockets, strict=True)))
-        api = await self._start_api(self.config.api) if self.config.api.enabled else None
+        publishing = asyncio.create_task(self._publish(metrics)) if self.board else None
         stop = stop or asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
             await stop.wait()
         finally:
+            if publishing is not None:
+                publishing.cancel()
             if api is not None:
                 server, sock = api
                 server.should_exit = True
@@ -134,6 +146,13 @@ class Service:
             await plane.stop()
             self.store.close()
 
+    @staticmethod
+    async def _publish(metrics: Metrics, every: float = 1.0) -> None:
+        """Each second, this worker's metrics onto the board the first worker reads."""
+        while True:
+            metrics.publish()
+            await asyncio.sleep(every)
+
     def run(self) -> None:
         written = self.admin_token()
         if written is not None:
@@ -141,10 +160,15 @@ class Service:
         if self.config.workers <= 1:
             uvloop.run(self.serve())
             return
-        # Each worker opens the store itself: no connection may cross a fork.
+        # Each worker opens the store itself: no connection may cross a fork. The board is
+        # made before, so that all of them share it.
         self.store.close()
-        raise SystemExit(run_workers(self.config.workers, self._serve_worker))
+        board = MetricsBoard(self.config.workers)
+        raise SystemExit(run_workers(self.config.workers,
+                                     lambda index: self._serve_worker(index, board)))
 
-    def _serve_worker(self, index: int) -> None:
+    def _serve_worker(self, index: int, board: MetricsBoard) -> None:
         api = self.config.api if index == 0 else replace(self.config.api, enabled=False)
-        uvloop.run(Service.open(replace(self.config, api=api)).serve())
+        service = Service.open(replace(self.config, api=api))
+        service.board, service.worker = board, index
+        uvloop.run(service.serve())

@@ -1,5 +1,5 @@
 """The control plane's routes, one module per resource family; `ROUTERS` is all of them, in
-the order the API's documentation lists them."""
+the order the API's documentation lists them (`docs` serves that documentation)."""
 
 from __future__ import annotations
 
