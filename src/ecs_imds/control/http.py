@@ -34,8 +34,13 @@ def error(status: int, code: str, message: str,
                         headers=headers)
 
 
-def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """The error answers of a route that needs a token, for the OpenAPI document."""
+def responses(*codes: int, text: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The error answers of a route that needs a token, for the OpenAPI document. Errors
+    are JSON even where the route's own answer is `text` (FastAPI would say otherwise)."""
+    if text:
+        error_json = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        return {c: {"description": _DESCRIBED[c], "content": error_json}
+                for c in (401, 403, *codes)}
     return {c: {"model": s.Error, "description": _DESCRIBED[c]} for c in (401, 403, *codes)}
 
 

@@ -42,7 +42,7 @@ async def readyz(ctx: Ctx) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=PlainTextResponse, operation_id="GetMetrics",
-            responses={**responses(), 200: {"content": {"text/plain": {}}}})
+            responses={**responses(text=True), 200: {"content": {"text/plain": {}}}})
 async def metrics(ctx: Ctx) -> PlainTextResponse:
     """Prometheus text: with several workers, the totals of all of them."""
     body, content_type = ctx.metrics.render()

@@ -45,7 +45,7 @@ def certificate_of(store: Store) -> bytes:
 
 @router.get("/v1/identity/certificate", response_class=PlainTextResponse,
             operation_id="DescribeIdentityCertificate",
-            responses={**responses(), 200: {"content": {"application/x-pem-file": {}}}})
+            responses={**responses(text=True), 200: {"content": {"application/x-pem-file": {}}}})
 async def identity_certificate(ctx: Ctx) -> Response:
     return Response(await ctx.run(certificate_of, ctx.store),
                     media_type="application/x-pem-file")
