@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-from ecs_imds.protocol.catalogue import Dynamic, Rendered
 from ecs_imds.protocol.snapshot import Deferred
 from ecs_imds.store import open_store
 from ecs_imds.store.feed import SnapshotBuilder
@@ -28,21 +27,13 @@ def rss() -> int:
     raise RuntimeError("no VmRSS")
 
 
-class NoDynamic:
-    """Credentials and signatures are computed per request; nothing here asks for them."""
-
-    def answer(self, entry: Dynamic, caller: Rendered, query: str,
-               now: float) -> tuple[int, bytes, bytes]:
-        raise AssertionError("not used")
-
-
 def main(data_dir: str) -> None:
     store = open_store(None, Path(data_dir))
     ensure_token_keys(store)
     gc.collect()
     before = rss()
     start = time.perf_counter()
-    snap = SnapshotBuilder(store, NoDynamic()).build()
+    snap = SnapshotBuilder(store).build()
     built = time.perf_counter() - start
     gc.collect()
     after_build = rss()

@@ -1,6 +1,6 @@
 """Fleets shared by the core's tests: a rich instance that has every catalogue item of SPEC §3,
 instances that have none of the optional ones, and the helpers that turn them into snapshots
-and crawl them through `resolve`.
+and crawl them through `decide`.
 
 Every document here is a function returning a fresh copy, so a test may mutate what it gets.
 """
@@ -10,15 +10,26 @@ from __future__ import annotations
 import base64
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
 
 import ecs_imds.demo
-from ecs_imds.protocol.catalogue import JSON, TEXT, Dynamic, Pool, Rendered, render
-from ecs_imds.protocol.decide import Request, Response, resolve
+from ecs_imds.protocol.catalogue import JSON, TEXT, Leaf, Pool, Rendered, render
+from ecs_imds.protocol.decide import (
+    Headers,
+    MintToken,
+    NeedCredentials,
+    NeedSignature,
+    Refuse,
+    Request,
+    Verdict,
+    decide,
+)
 from ecs_imds.protocol.model import Fleet, effective
+from ecs_imds.protocol.response import REASONS
 from ecs_imds.protocol.snapshot import Snapshot, index
 from ecs_imds.protocol.tokens import KeyRing, TokenKey
 
@@ -207,20 +218,33 @@ CREDENTIALS_BODY = (b'{"AccessKeyId":"STS.test","AccessKeySecret":"s","Expiratio
 PKCS7_BODY = b"MIIBfixedpkcs7"
 
 
-class FixedDynamic:
-    """A DynamicSource with fixed answers; records what it was asked."""
+@dataclass
+class Response:
+    """What a client would get for a verdict, with fixed stand-ins for the secrets."""
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, str, str]] = []
+    status: int
+    body: bytes
+    content_type: bytes = TEXT
+    headers: Headers = ()
+    hop_limit: int | None = None
 
-    def answer(self, entry: Dynamic, caller: Rendered, query: str,
-               now: float) -> tuple[int, bytes, bytes]:
-        self.calls.append((entry.kind, entry.arg, caller.instance_id, query))
-        if entry.kind == "credentials":
-            return 200, CREDENTIALS_BODY, JSON
-        if query == "audience=":
-            return 400, b"", TEXT
-        return 200, PKCS7_BODY, TEXT
+
+def answer(verdict: Verdict, snap: Snapshot, now: float = NOW) -> Response:
+    """A verdict as the data plane would answer it: tokens minted with the snapshot's key
+    ring, RAM credentials and signatures as the fixed bodies above."""
+    if isinstance(verdict, Leaf):
+        return Response(200, verdict.body, verdict.content_type)
+    if isinstance(verdict, Refuse):
+        return Response(verdict.status, REASONS[verdict.status].encode(), TEXT, verdict.headers)
+    if isinstance(verdict, MintToken):
+        token = snap.key_ring.mint(verdict.instance_id, int(now), verdict.ttl)
+        return Response(200, token.encode(), TEXT,
+                        ((b"X-aliyun-ecs-metadata-token-ttl-seconds",
+                          str(verdict.ttl).encode()),), verdict.hop_limit)
+    if isinstance(verdict, NeedCredentials):
+        return Response(200, CREDENTIALS_BODY, JSON)
+    assert isinstance(verdict, NeedSignature)
+    return Response(200, PKCS7_BODY, TEXT)
 
 
 def key_ring(*secrets: bytes, created_at: int = NOW - 100) -> KeyRing:
@@ -229,7 +253,7 @@ def key_ring(*secrets: bytes, created_at: int = NOW - 100) -> KeyRing:
 
 
 def snapshot_of(doc: dict[str, Any] | None = None, ring: KeyRing | None = None,
-                dynamic: Any = None, version: int = 1) -> Snapshot:
+                version: int = 1) -> Snapshot:
     """The snapshot the data plane would serve for a fleet document."""
     fleet = Fleet.from_doc(fleet_doc() if doc is None else doc)
     pool = Pool()
@@ -237,7 +261,7 @@ def snapshot_of(doc: dict[str, Any] | None = None, ring: KeyRing | None = None,
              for i in fleet.instances]
     by_address, by_id = index(pairs)
     return Snapshot(version=version, by_address=by_address, by_id=by_id,
-                    key_ring=ring or key_ring(), dynamic=dynamic or FixedDynamic())
+                    key_ring=ring or key_ring())
 
 
 def rendered(instance: dict[str, Any], defaults: dict[str, Any] | None = None) -> Rendered:
@@ -249,7 +273,8 @@ def rendered(instance: dict[str, Any], defaults: dict[str, Any] | None = None) -
 def getter(snap: Snapshot, instance_id: str, headers: dict[str, str] | None = None,
            now: float = NOW) -> Callable[[str], Response]:
     caller = snap.by_id[instance_id]
-    return lambda path: resolve(Request("GET", path, "", headers or {}), caller, snap, now)
+    return lambda path: answer(decide(Request.of("GET", path, "", headers), caller, snap, now),
+                               snap, now)
 
 
 def crawl(get: Callable[[str], Response], base: str,

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from ecs_imds.dataplane import accept
-from ecs_imds.dataplane.http import HttpConnection
-from ecs_imds.dataplane.plane import ListenerState
+from ecs_imds.dataplane.connection import HttpConnection
+from ecs_imds.dataplane.plane import DataPlane, ListenerState
 from ecs_imds.demo import DEMO_VPC, demo_fleet
 from fleets import NOW
 from server import ServerProcess, free_port, get, split_responses
-from test_fastpath import HARDENED_DEMO, SNAPSHOTS, Plane, Transport, exchange
+from test_fastpath import HARDENED_DEMO, SNAP, Transport, exchange, plane_of
 
 WEB = "i-bp1demo0000000000001"
 
@@ -53,14 +53,14 @@ def request(path: str, token: str | None = None, close: bool = True) -> bytes:
 @pytest.mark.parametrize("with_token", [False, True])
 def test_answered_at_accept_as_the_connection_would(
         who: str, path: str, with_token: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    snap = SNAPSHOTS["demo fleet"]
-    token = snap.key_ring.mint(HARDENED_DEMO, NOW, 60) if with_token else None
+    token = SNAP.key_ring.mint(HARDENED_DEMO, NOW, 60) if with_token else None
     data = request(path, token)
-    expected, closed = exchange(snap, [data[:5], data[5:]], monkeypatch, who)
+    expected, closed = exchange([data[:5], data[5:]], monkeypatch, who)
     assert closed
     sock = Sock()
     listener = ListenerState(DEMO_VPC, {"127.0.0.1": who})
-    assert accept.answered(Plane(snap), listener, sock, "127.0.0.1", data, None)  # type: ignore[arg-type]
+    monkeypatch.setattr(accept.time, "time", lambda: float(NOW))
+    assert accept.answered(plane_of(), listener, sock, "127.0.0.1", data, None)  # type: ignore[arg-type]
     assert (sock.sent, sock.closed) == (expected, True)
 
 
@@ -74,37 +74,41 @@ def test_answered_at_accept_as_the_connection_would(
 def test_anything_else_is_left_to_the_event_loop(data: bytes) -> None:
     sock = Sock()
     listener = ListenerState(DEMO_VPC, {"127.0.0.1": WEB})
-    assert not accept.answered(Plane(SNAPSHOTS["demo fleet"]), listener, sock,  # type: ignore[arg-type]
+    assert not accept.answered(plane_of(), listener, sock,  # type: ignore[arg-type]
                                "127.0.0.1", data, None)
     assert (sock.sent, sock.closed) == (b"", False)
 
 
 def test_an_answer_that_does_not_fit_is_finished_by_the_event_loop(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    snap = SNAPSHOTS["demo fleet"]
     data = request("/latest/meta-data/all")
-    expected, _ = exchange(snap, [data[:5], data[5:]], monkeypatch, WEB)
+    expected, _ = exchange([data[:5], data[5:]], monkeypatch, WEB)
     handed: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(accept, "hand_over", lambda *args: handed.append(args))
+
+    def hand_over(plane: DataPlane, listener: ListenerState, sock: Any, peer: str,
+                  first: bytes, loop: Any) -> HttpConnection:
+        conn = plane.connection(listener, peer, first)
+        handed.append((sock, first, conn))
+        return conn
+
+    monkeypatch.setattr(accept, "hand_over", hand_over)
+    monkeypatch.setattr(accept.time, "time", lambda: float(NOW))
     sock = Sock(room=100)
-    plane = Plane(snap)
     listener = ListenerState(DEMO_VPC, {"127.0.0.1": WEB})
-    assert accept.answered(plane, listener, sock, "127.0.0.1", data, None)  # type: ignore[arg-type]
+    assert accept.answered(plane_of(), listener, sock, "127.0.0.1", data, None)  # type: ignore[arg-type]
     assert sock.sent == expected[:100] and not sock.closed
-    ((_, _, handed_sock, first, unsent, _),) = handed
-    assert handed_sock is sock and first == b"" and unsent == expected[100:]
-    conn = HttpConnection(plane, listener, unsent=unsent)  # type: ignore[arg-type]
+    ((handed_sock, first, conn),) = handed
+    assert handed_sock is sock and first == b""
     transport = Transport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     assert sock.sent + b"".join(transport.out) == expected and transport.closed
 
 
 def test_bytes_already_read_are_answered_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    snap = SNAPSHOTS["demo fleet"]
     first = request("/latest/meta-data/instance-id", close=False)
-    expected, _ = exchange(snap, [first], monkeypatch, WEB)
-    conn = HttpConnection(Plane(snap), ListenerState(DEMO_VPC, {"127.0.0.1": WEB}),  # type: ignore[arg-type]
-                          first=first)
+    expected, _ = exchange([first], monkeypatch, WEB)
+    conn = HttpConnection(plane_of(), ListenerState(DEMO_VPC, {"127.0.0.1": WEB}),
+                          "127.0.0.1", first=first)
     transport = Transport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     assert b"".join(transport.out) == expected and not transport.closed

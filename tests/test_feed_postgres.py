@@ -15,7 +15,6 @@ import psycopg
 import pytest
 
 from ecs_imds.control.fleet import import_fleet
-from ecs_imds.protocol.catalogue import Dynamic, Rendered
 from ecs_imds.protocol.snapshot import Snapshot
 from ecs_imds.store.base import Change
 from ecs_imds.store.feed import ChangeFeed, SnapshotBuilder
@@ -23,12 +22,6 @@ from ecs_imds.store.keys import ensure_token_keys, rotate_token_key
 from ecs_imds.store.postgres import PostgresStore
 from pg import PostgresCluster, cluster, wait_until
 from test_store_backends import VPC, fleet, instance
-
-
-class NoDynamic:
-    def answer(self, entry: Dynamic, caller: Rendered, query: str,
-               now: float) -> tuple[int, bytes, bytes]:
-        return 404, b"", b"text/plain"
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +51,7 @@ class Feed:
 
     def __init__(self, url: str, **settings: Any) -> None:
         self.store = PostgresStore(url)
-        self.builder = SnapshotBuilder(self.store, NoDynamic())
+        self.builder = SnapshotBuilder(self.store)
         self.published: list[Snapshot] = []
         self.feed = ChangeFeed(self.builder, self.builder.build(), self.published.append,
                                **settings)

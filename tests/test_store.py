@@ -46,7 +46,6 @@ from fleets import (
     RICH_IP,
     RICH_IPV6,
     VPC,
-    FixedDynamic,
     defaults_doc,
     fleet_doc,
     instance_docs,
@@ -231,7 +230,7 @@ def test_duplicate_address_with_an_instance_already_stored_is_refused(
 def test_same_address_in_two_vpcs_is_accepted(store: SQLiteStore) -> None:
     import_fleet(store, fleet_doc())
     ensure_token_keys(store, NOW)
-    snap = SnapshotBuilder(store, FixedDynamic()).build()
+    snap = SnapshotBuilder(store).build()
     assert snap.identify(VPC, RICH_IP).instance_id == RICH_ID  # type: ignore[union-attr]
     assert snap.identify(OTHER_VPC, RICH_IP).instance_id == OTHER_VPC_ID  # type: ignore
 
@@ -250,11 +249,9 @@ def rendered_ids(snap: Snapshot) -> dict[str, int]:
 def test_build_serves_the_fleet(store: SQLiteStore) -> None:
     import_fleet(store, fleet_doc())
     ensure_token_keys(store, NOW)
-    dynamic = FixedDynamic()
-    snap = SnapshotBuilder(store, dynamic).build()
+    snap = SnapshotBuilder(store).build()
     assert snap.version == store.version()
     assert set(snap.by_id) == {i["instance-id"] for i in fleet_doc()["instances"]}
-    assert snap.dynamic is dynamic
     assert snap.key_ring.kids == [1]
     assert not snap.stale
     for ip in (RICH_IP, "10.0.0.11", "10.0.1.20", *RICH_IPV6):
@@ -266,7 +263,7 @@ def test_build_serves_the_fleet(store: SQLiteStore) -> None:
 def test_rebuild_renders_only_what_changed(store: SQLiteStore) -> None:
     import_fleet(store, fleet_doc())
     ensure_token_keys(store, NOW)
-    builder = SnapshotBuilder(store, FixedDynamic())
+    builder = SnapshotBuilder(store)
     first = builder.build()
     same = builder.build()
     assert rendered_ids(same) == rendered_ids(first)
@@ -294,7 +291,7 @@ def test_rebuild_renders_only_what_changed(store: SQLiteStore) -> None:
 def test_rebuild_drops_deleted_instances_and_their_addresses(store: SQLiteStore) -> None:
     import_fleet(store, fleet_doc())
     ensure_token_keys(store, NOW)
-    builder = SnapshotBuilder(store, FixedDynamic())
+    builder = SnapshotBuilder(store)
     assert builder.build().identify(VPC, PLAIN_IP) is not None
     store.delete_instances([PLAIN_ID])
     snap = builder.build()
@@ -312,7 +309,7 @@ def test_rebuild_drops_deleted_instances_and_their_addresses(store: SQLiteStore)
 def test_rebuild_picks_up_key_rotation(store: SQLiteStore) -> None:
     import_fleet(store, fleet_doc())
     ensure_token_keys(store, NOW)
-    builder = SnapshotBuilder(store, FixedDynamic())
+    builder = SnapshotBuilder(store)
     assert builder.build().key_ring.kids == [1]
     rotate_token_key(store, NOW + 60)
     snap = builder.build()
@@ -323,7 +320,7 @@ def test_hand_edited_instance_that_cannot_be_served_is_skipped(
         store: SQLiteStore, caplog: pytest.LogCaptureFixture) -> None:
     import_fleet(store, fleet_doc())
     ensure_token_keys(store, NOW)
-    builder = SnapshotBuilder(store, FixedDynamic())
+    builder = SnapshotBuilder(store)
     builder.build()
     broken = doc_of(PLAIN_ID) | {"launch-index": "many"}
     store.write_fleet(None, [broken])  # the store itself does not validate
@@ -354,7 +351,7 @@ def store_down(store: SQLiteStore) -> Iterator[None]:
 def feed(store: SQLiteStore) -> tuple[ChangeFeed, list[Snapshot]]:
     import_fleet(store, fleet_doc())
     ensure_token_keys(store, NOW)
-    builder = SnapshotBuilder(store, FixedDynamic())
+    builder = SnapshotBuilder(store)
     published: list[Snapshot] = []
     return ChangeFeed(builder, builder.build(), published.append), published
 

@@ -53,6 +53,9 @@ class Limits:
     burst: float = 2000.0
     idle_timeout: float = 15.0
     request_timeout: float = 5.0
+    write_buffer: int = 256 * 1024
+    connections_per_source: int = 64
+    max_connections: int = 0  # 0: as many as the descriptor limit allows
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,13 @@
-"""Listeners, the current snapshot, and the housekeeping of connections.
+"""The data plane of one process: listeners, the current snapshot, the connections.
 
-The data plane runs on one asyncio loop (uvloop). It reads `snapshot` once per request; the
-change feed replaces it from its own thread through `install`, on the loop.
+It runs on one asyncio loop (uvloop). It reads `snapshot` once per request; the change feed
+replaces it from its own thread through `install`, on the loop.
+
+Connections are bounded (SPEC §8): at most `connections-per-source` from one source address
+(a trusted PROXY protocol peer, which carries many instances, is bound only by the total),
+and at most `max_connections` in all, kept below the process's descriptor limit (raised to
+its hard limit at start) so that accepting can never run out of descriptors. At a cap the
+new connection is closed at once; everyone else is still accepted.
 """
 
 from __future__ import annotations
@@ -10,27 +16,35 @@ import asyncio
 import contextlib
 import gc
 import logging
+import resource
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass
-from functools import partial
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 
 from ecs_imds.config import Limits, Listener
 from ecs_imds.dataplane.accept import accept_ready
-from ecs_imds.dataplane.http import HttpConnection, SimpleRequests
-from ecs_imds.dataplane.logged import LoggedConnection
-from ecs_imds.dataplane.proxied import ProxiedConnection
+from ecs_imds.dataplane.connection import HttpConnection
+from ecs_imds.dataplane.fastpath import SimpleRequests
+from ecs_imds.dataplane.fulfil import Fulfiller
+from ecs_imds.dataplane.proxy import ProxyFront
 from ecs_imds.dataplane.stats import Stats
+from ecs_imds.dataplane.warnings import Warnings
+from ecs_imds.protocol.decide import Request
 from ecs_imds.protocol.ratelimit import RateLimiter
 from ecs_imds.protocol.snapshot import Snapshot
 
 log = logging.getLogger("ecs_imds.dataplane")
+access = logging.getLogger("ecs_imds.access")
 
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 LISTEN_BACKLOG = 4096
 # Seconds a connection may stay silent before it is accepted all the same (dataplane.accept).
 DEFER_ACCEPT = 1
+# Descriptors kept for everything but instance connections: the store, the control plane,
+# log files, the credential command's pipes.
+RESERVED_DESCRIPTORS = 256
 
 
 def _settle() -> None:
@@ -45,11 +59,22 @@ def _settle() -> None:
 class ListenerState:
     vpc_id: str
     aliases: dict[str, str]
-    proxy_trusted: tuple[IPv4Network | IPv6Network, ...] = ()
+    proxy_trusted: tuple[IPv4Network | IPv6Network, ...] | None = None
+
+    def trusts(self, peer: str) -> bool:
+        """Whether `peer` is a trusted PROXY protocol peer of this listener."""
+        if not self.proxy_trusted:
+            return False
+        try:
+            address = ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in net for net in self.proxy_trusted)
 
 
 def bind_socket(listener: Listener, reuse_port: bool = False) -> socket.socket:
-    """A listening socket; IP_FREEBIND lets it start before 100.100.100.200 is assigned."""
+    """A bound socket, not listening yet (connections are refused until `start`);
+    IP_FREEBIND lets it start before 100.100.100.200 is assigned."""
     family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -60,22 +85,40 @@ def bind_socket(listener: Listener, reuse_port: bool = False) -> socket.socket:
     with contextlib.suppress(OSError, AttributeError):  # Linux: accept once data is there
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT)
     sock.bind((listener.host, listener.port))
-    sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock
 
 
+def descriptor_budget() -> int:
+    """Raise the soft descriptor limit to the hard one; what instance connections may use."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return max(16, soft - RESERVED_DESCRIPTORS)
+
+
 class DataPlane:
-    def __init__(self, snapshot: Snapshot, limits: Limits, access_log: bool = False) -> None:
+    def __init__(self, snapshot: Snapshot, limits: Limits, fulfiller: Fulfiller,
+                 access_log: bool = False) -> None:
         self.snapshot = snapshot
-        self.access_log = access_log
         self.limits = limits
+        self.fulfiller = fulfiller
+        self.access_log = access_log
         self.limiter = RateLimiter(limits.rate, limits.burst)
         self.simple_requests = SimpleRequests(limits.request_line, limits.headers)
         self.connections: set[HttpConnection] = set()
+        self.per_source: Counter[str] = Counter()
+        self.open = 0  # connections admitted and not yet ended
+        budget = descriptor_budget()
+        self.max_connections = min(limits.max_connections or budget, budget)
         self.stats = Stats()
-        self.servers: list[asyncio.AbstractServer] = []
+        self.warnings = Warnings(log)
         self.listening: list[socket.socket] = []  # the sockets accept_ready reads
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     def install(self, snapshot: Snapshot) -> None:
@@ -84,32 +127,89 @@ class DataPlane:
         self.limiter.forget(snapshot.by_id)
         _settle()
 
-    def count(self, status: int) -> None:
-        self.stats.count(status)
+    # -- connections ---------------------------------------------------------------------
+    def admit(self, source: str, listener: ListenerState) -> bool:
+        """Whether a new connection from `source` may be had; counts it when it may."""
+        if self.open >= self.max_connections:
+            self.warnings.warn("connections", "refused a connection from %s: %d connections "
+                               "open, the most this server takes", source, self.max_connections)
+            return False
+        if self.per_source[source] >= self.limits.connections_per_source \
+                and not listener.trusts(source):
+            self.warnings.warn("source", "refused a connection from %s: %d connections "
+                               "open from it, the most one source may have", source,
+                               self.limits.connections_per_source)
+            return False
+        self.per_source[source] += 1
+        self.open += 1
+        return True
 
+    def release(self, source: str) -> None:
+        self.open -= 1
+        left = self.per_source[source] - 1
+        if left > 0:
+            self.per_source[source] = left
+        else:
+            del self.per_source[source]
+
+    def connection(self, listener: ListenerState, source: str, first: bytes
+                   ) -> HttpConnection:
+        """A connection with the options its listener and this plane ask for."""
+        front = None
+        if listener.proxy_trusted is not None:
+            front = ProxyFront(listener.trusts(source))
+        return HttpConnection(self, listener, source, first, front,
+                              self._log_access if self.access_log else None,
+                              self.stats.sampled())
+
+    def forget(self, conn: HttpConnection) -> None:
+        """A connection ended (connection_lost)."""
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.release(conn.source)
+
+    def _log_access(self, conn: HttpConnection, req: Request | None, status: int,
+                    sent: int) -> None:
+        """One JSON line per answer; never a header (tokens and TTLs stay out)."""
+        caller = conn.caller
+        access.info({
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "vpc-id": conn.listener.vpc_id, "peer": conn.peer_ip,
+            "instance-id": caller.instance_id if caller else None,
+            "method": req.method if req else None,
+            "path": req.path[:256] if req else None,
+            "status": status, "bytes": sent})
+
+    # -- listening -----------------------------------------------------------------------
     async def start(self, listeners: list[tuple[Listener, socket.socket]]) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         for listener, sock in listeners:
-            state = ListenerState(listener.vpc_id, listener.aliases, tuple(
-                ip_network(n) for n in listener.proxy_trusted or ()))
-            if self.access_log and listener.proxy_trusted is None:
-                server = await loop.create_server(
-                    partial(LoggedConnection, self, state), sock=sock, backlog=LISTEN_BACKLOG)
-                self.servers.append(server)
-            elif listener.proxy_trusted is None:
-                sock.listen(LISTEN_BACKLOG)
-                loop.add_reader(sock.fileno(), accept_ready, self, sock, state, loop)
-                self.listening.append(sock)
-            else:  # only a PROXY protocol listener pays for reading the header
-                server = await loop.create_server(
-                    partial(ProxiedConnection, self, state), sock=sock, backlog=LISTEN_BACKLOG)
-                self.servers.append(server)
+            state = ListenerState(listener.vpc_id, listener.aliases, None
+                                  if listener.proxy_trusted is None else
+                                  tuple(ip_network(n) for n in listener.proxy_trusted))
+            sock.listen(LISTEN_BACKLOG)
+            loop.add_reader(sock.fileno(), accept_ready, self, sock, state, loop)
+            self.listening.append(sock)
             log.info("data plane listening on %s for %s", listener.bind, listener.vpc_id)
         self._sweeper = asyncio.create_task(self._sweep())
         _settle()
 
+    def pause_accepting(self, sock: socket.socket, state: ListenerState, seconds: float
+                        ) -> None:
+        """Out of descriptors (or kernel memory): stop accepting on `sock` for a while
+        rather than be woken for it again and again."""
+        loop = self._loop
+        assert loop is not None
+        loop.remove_reader(sock.fileno())
+        loop.call_later(seconds, self._resume_accepting, sock, state)
+
+    def _resume_accepting(self, sock: socket.socket, state: ListenerState) -> None:
+        if self._loop is not None and sock in self.listening:
+            self._loop.add_reader(sock.fileno(), accept_ready, self, sock, state, self._loop)
+
     async def _sweep(self) -> None:
-        """Close connections that idle too long or send a request too slowly."""
+        """Close connections that idle too long, send a request too slowly, or do not read
+        their answers."""
         while True:
             await asyncio.sleep(0.5)
             now = time.monotonic()
@@ -123,9 +223,7 @@ class DataPlane:
         for sock in self.listening:
             loop.remove_reader(sock.fileno())
             sock.close()
-        for server in self.servers:
-            server.close()
+        self.listening.clear()
         for conn in list(self.connections):
             conn.expire()
-        for server in self.servers:
-            await server.wait_closed()
+        self.fulfiller.close()

@@ -15,6 +15,12 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ecs_imds.protocol.snapshot import normalise_ip
+
+if TYPE_CHECKING:
+    from ecs_imds.dataplane.connection import HttpConnection
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 HEADER_SIZE = 16  # signature, version/command, family/transport, length
@@ -125,3 +131,47 @@ def header(source: str | None, destination: str | None = None, source_port: int 
              + destination_port.to_bytes(2, "big"))
     return (SIGNATURE + bytes([0x21, family << 4 | _STREAM])
             + (len(block) + len(tlvs)).to_bytes(2, "big") + block + tlvs)
+
+
+class ProxyFront:
+    """The start of a connection on a listener that speaks PROXY protocol v2.
+
+    From a trusted peer (the per-host proxy) the header is required: its source address
+    becomes the connection's peer address, the one that identifies the instance; without a
+    valid header the connection is closed. From any other peer, a connection that starts
+    with the v2 signature is closed (someone claiming to be a proxy), and plain HTTP is served
+    with the real peer address. Once the start is settled the front steps aside: every later
+    read goes straight to the connection.
+    """
+
+    __slots__ = ("_pending", "trusted")
+
+    def __init__(self, trusted: bool) -> None:
+        self.trusted = trusted
+        self._pending = b""
+
+    def read(self, conn: HttpConnection, data: bytes) -> bytes:
+        """The request bytes that follow the header; b"" while the header is incomplete or
+        after the connection was refused."""
+        data = self._pending + data
+        if self.trusted:
+            parsed = parse(data)
+            if isinstance(parsed, Incomplete):
+                self._pending = data
+                return b""
+            if isinstance(parsed, Invalid):
+                conn.refuse(parsed.reason)
+                return b""
+            if parsed.source is not None:
+                conn.peer_ip = normalise_ip(parsed.source)
+            data = data[parsed.length:]
+        else:
+            looks = looks_like_proxy(data)
+            if looks is None:
+                self._pending = data
+                return b""
+            if looks:
+                conn.refuse("PROXY protocol header from an untrusted peer")
+                return b""
+        conn.settled()
+        return data

@@ -55,6 +55,6 @@ class Stats:
             cumulative.append((bound, running))
         yield HistogramMetricFamily(
             "ecs_imds_dataplane_processing_seconds",
-            "Time to answer what one read from an instance brought (parse, resolve, write), "
+            "Time to answer what one read from an instance brought (parse, decide, write), "
             f"on one connection in {self.SAMPLE} handed to the event loop",
             buckets=cumulative, sum_value=self.total_seconds)

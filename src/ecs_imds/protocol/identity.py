@@ -116,13 +116,19 @@ class IdentitySigner:
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
+    def cached(self, content: bytes) -> bytes | None:
+        """The signature of `content` if it was made recently; never signs."""
+        with self._lock:
+            found = self._cache.get(content)
+            if found is not None:
+                self._cache.move_to_end(content)
+            return found
+
     def sign(self, content: bytes) -> bytes:
         """The body of `…/instance-identity/pkcs7` for `content`."""
-        with self._lock:
-            cached = self._cache.get(content)
-            if cached is not None:
-                self._cache.move_to_end(content)
-                return cached
+        cached = self.cached(content)
+        if cached is not None:
+            return cached
         body = _lines(self._sign_der(content))
         with self._lock:
             self._cache[content] = body

@@ -12,24 +12,14 @@ import marshal
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from ecs_imds.errors import ValidationError
-from ecs_imds.protocol.catalogue import Dynamic, Pool, Rendered, render
+from ecs_imds.protocol.catalogue import Pool, Rendered, render
 from ecs_imds.protocol.model import FleetDefaults, Instance, effective
 from ecs_imds.protocol.tokens import KeyRing
 
 log = logging.getLogger("ecs_imds.protocol.snapshot")
-
-
-class DynamicSource(Protocol):
-    """Computes the answers that depend on secrets and the clock (credentials, PKCS#7).
-
-    Returns (status, body, content type); it never raises for a caller's input.
-    """
-
-    def answer(self, entry: Dynamic, caller: Rendered, query: str,
-               now: float) -> tuple[int, bytes, bytes]: ...
 
 
 class Deferred:
@@ -94,7 +84,6 @@ class Snapshot:
     by_address: dict[tuple[str, str], Rendered | Deferred]
     by_id: dict[str, Rendered | Deferred]
     key_ring: KeyRing
-    dynamic: DynamicSource
     built_at: float = 0.0
     stale: bool = field(default=False, compare=False)
 

@@ -20,10 +20,12 @@ from ecs_imds.control.app import create_app
 from ecs_imds.control.audit import Audit, json_logger
 from ecs_imds.control.auth import SECRET_NAME, Authority, new_secret, write_admin_token
 from ecs_imds.control.context import ControlContext
-from ecs_imds.dataplane.fulfil import Secrets
+from ecs_imds.dataplane.fulfil import Fulfiller
 from ecs_imds.dataplane.plane import DataPlane, bind_socket
 from ecs_imds.issuers import open_issuer
 from ecs_imds.metrics import Metrics, MetricsBoard
+from ecs_imds.protocol.credentials import Issuer
+from ecs_imds.protocol.identity import IdentitySigner
 from ecs_imds.protocol.snapshot import Snapshot
 from ecs_imds.server.workers import run_workers
 from ecs_imds.store import Store, keys, open_store
@@ -38,7 +40,8 @@ class Service:
 
     config: Config
     store: Store
-    dynamic: Secrets
+    issuer: Issuer | None
+    signer: IdentitySigner
     authority: Authority
     board: MetricsBoard | None = None  # with several workers: where each publishes metrics
     worker: int = 0
@@ -51,9 +54,9 @@ class Service:
         store = open_store(config.store, config.data_dir)
         keys.ensure_token_keys(store)
         identity = keys.identity_blob(store)
-        dynamic = Secrets(open_issuer(store, config.credentials),
-                          keys.identity_signer(store, identity))
-        service = cls(config, store, dynamic, Authority(store.secret(SECRET_NAME, new_secret)))
+        service = cls(config, store, open_issuer(store, config.credentials),
+                      keys.identity_signer(store, identity),
+                      Authority(store.secret(SECRET_NAME, new_secret)))
         service._identity = identity
         return service
 
@@ -64,15 +67,17 @@ class Service:
         return path if write_admin_token(path, token) else None
 
     def _refresh_identity(self) -> None:
-        """Before each snapshot: pick up a rotated identity key (the signer is shared)."""
+        """Before each snapshot: pick up a rotated identity key."""
         blob = keys.identity_blob(self.store)
         if blob != self._identity:
-            self.dynamic.signer = keys.identity_signer(self.store, blob)
+            self.signer = keys.identity_signer(self.store, blob)
             self._identity = blob
+            if self.plane is not None:
+                self.plane.fulfiller.signer = self.signer
 
     def metrics(self) -> Metrics:
         return Metrics(lambda: self.plane.snapshot if self.plane else None,
-                       lambda: [self.dynamic, *([self.plane.stats] if self.plane else [])],
+                       lambda: [self.plane.fulfiller, self.plane.stats] if self.plane else [],
                        self.board, self.worker)
 
     def control_app(self, metrics: Metrics) -> FastAPI:
@@ -81,7 +86,7 @@ class Service:
             snapshot=lambda: self.plane.snapshot if self.plane else None,
             metrics=metrics,
             audit=Audit(json_logger("ecs_imds.audit", self.config.audit_path)),
-            issuer=lambda: self.dynamic.issuer, open_metrics=self.config.api.open_metrics)
+            issuer=lambda: self.issuer, open_metrics=self.config.api.open_metrics)
         return create_app(ctx)
 
     async def _start_api(self, api: ApiSettings, metrics: Metrics
@@ -110,16 +115,20 @@ class Service:
         return server, sock
 
     async def serve(self, stop: asyncio.Event | None = None) -> None:
+        """Bind every listener (a port in use fails here), start the control plane (its
+        /readyz says "starting"), build the first snapshot, and only then listen: until a
+        server can answer, instance connections are refused at once, not left waiting."""
         loop = asyncio.get_running_loop()
         listeners = self.config.listeners
         sockets = [bind_socket(lst, reuse_port=self.config.workers > 1) for lst in listeners]
         metrics = self.metrics()
         # The API first: /readyz says "starting" while the first snapshot is built.
         api = await self._start_api(self.config.api, metrics) if self.config.api.enabled else None
-        builder = SnapshotBuilder(self.store, self.dynamic, before_build=self._refresh_identity)
+        builder = SnapshotBuilder(self.store, before_build=self._refresh_identity)
         first = await loop.run_in_executor(None, builder.build)
-        plane = self.plane = DataPlane(first, self.config.limits,
-                                       access_log=self.config.access_log is not None)
+        fulfiller = Fulfiller(self.issuer, self.signer, loop)
+        plane = DataPlane(first, self.config.limits, fulfiller,
+                          access_log=self.config.access_log is not None)
         if self.config.access_log is not None:
             json_logger("ecs_imds.access", self.config.access_log)
 
@@ -129,6 +138,7 @@ class Service:
         feed = ChangeFeed(builder, first, publish, self.config.poll_interval)
         feed.start()
         await plane.start(list(zip(listeners, sockets, strict=True)))
+        self.plane = plane
         publishing = asyncio.create_task(self._publish(metrics)) if self.board else None
         stop = stop or asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

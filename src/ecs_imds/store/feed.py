@@ -21,7 +21,7 @@ from typing import Any
 from ecs_imds.errors import ValidationError
 from ecs_imds.protocol.catalogue import Pool, Rendered, render
 from ecs_imds.protocol.model import FleetDefaults, Instance, effective
-from ecs_imds.protocol.snapshot import Deferred, DynamicSource, Index, Snapshot
+from ecs_imds.protocol.snapshot import Deferred, Index, Snapshot
 from ecs_imds.protocol.tokens import KeyRing
 from ecs_imds.store.base import Change, Changes, Scope, Store, StoredInstance, Subscription
 
@@ -37,10 +37,9 @@ READ_AT_ONCE = 1000
 class SnapshotBuilder:
     """Builds the snapshot of one scope (`None`: the whole fleet) from the store."""
 
-    def __init__(self, store: Store, dynamic: DynamicSource,
-                 before_build: Callable[[], None] | None = None, scope: Scope = None) -> None:
+    def __init__(self, store: Store, before_build: Callable[[], None] | None = None,
+                 scope: Scope = None) -> None:
         self.store = store
-        self.dynamic = dynamic
         self.before_build = before_build
         self.scope = scope
         self._defaults_doc: dict[str, Any] | None = None
@@ -100,7 +99,7 @@ class SnapshotBuilder:
         by_address, by_id = self._index.update(self._cache)
         key_ring = self._keys() if keys or self._key_ring is None else self._key_ring
         return Snapshot(version=version, by_address=by_address, by_id=by_id,
-                        key_ring=key_ring, dynamic=self.dynamic, built_at=time.time())
+                        key_ring=key_ring, built_at=time.time())
 
     def _keys(self) -> KeyRing:
         """The key ring; the same object while the keys are the same, so that the tokens it

@@ -1,4 +1,5 @@
-"""Request → response (SPEC §1-4, §6): every status resolve can return, and the tree it serves."""
+"""Request → verdict (SPEC §1-4, §6, §8's rate limit): every answer `decide` can give, and the
+tree it serves."""
 
 from __future__ import annotations
 
@@ -11,9 +12,18 @@ from hypothesis import strategies as st
 
 from ecs_imds.protocol import access
 from ecs_imds.protocol.catalogue import JSON, OCTET, TEXT, Leaf
-from ecs_imds.protocol.decide import REASONS, Request, Response, resolve
+from ecs_imds.protocol.decide import (
+    FLOODING,
+    MintToken,
+    NeedCredentials,
+    NeedSignature,
+    Request,
+    decide,
+)
+from ecs_imds.protocol.identity import with_audience
 from ecs_imds.protocol.model import MAX_TOKEN_TTL
 from ecs_imds.protocol.ratelimit import RateLimiter
+from ecs_imds.protocol.response import REASONS
 from ecs_imds.protocol.snapshot import Snapshot, normalise_ip
 from fleets import (
     CREDENTIALS_BODY,
@@ -32,7 +42,8 @@ from fleets import (
     RICH_SECONDARY_IPS,
     ROLE,
     VPC,
-    FixedDynamic,
+    Response,
+    answer,
     crawl,
     getter,
     instance_docs,
@@ -49,7 +60,9 @@ def call(method: str, path: str, who: str | None = RICH_ID, headers: dict[str, s
          now: float = NOW, snap: Snapshot = SNAP, limiter: RateLimiter | None = None,
          query: str = "") -> Response:
     caller = snap.by_id[who] if who is not None else None
-    return resolve(Request(method, path, query, headers or {}), caller, snap, now, limiter)
+    verdict = decide(Request.of(method, path, query, headers), caller, snap, now, limiter,
+                     source=f"10.9.9.{len(who or '')}")
+    return answer(verdict, snap, now)
 
 
 def get(path: str, who: str | None = RICH_ID, **kw: Any) -> Response:
@@ -221,28 +234,40 @@ SNAP_DEFAULTS = {"region-id": "cn-beijing", "zone-id": "cn-beijing-a", "owner-ac
 
 
 # --- dynamic entries ---------------------------------------------------------------------------
-def test_dynamic_entries_are_asked_of_the_dynamic_source() -> None:
-    dynamic = FixedDynamic()
-    snap = snapshot_of(dynamic=dynamic)
-    resp = get(f"/latest/meta-data/ram/security-credentials/{ROLE}", snap=snap)
+def verdict_of(path: str, who: str = RICH_ID, query: str = "",
+               headers: dict[str, str] | None = None) -> object:
+    return decide(Request.of("GET", path, query, headers), SNAP.by_id[who], SNAP, NOW)
+
+
+def test_secrets_are_needs_for_the_data_plane_to_fulfil() -> None:
+    assert verdict_of(f"/latest/meta-data/ram/security-credentials/{ROLE}") == \
+        NeedCredentials(RICH_ID, ROLE)
+    document = SNAP.by_id[RICH_ID].document
+    assert verdict_of("/latest/dynamic/instance-identity/pkcs7") == \
+        NeedSignature(RICH_ID, document)
+    assert verdict_of("/latest/dynamic/instance-identity/pkcs7", query="audience=me") == \
+        NeedSignature(RICH_ID, with_audience(document, "me"))
+    resp = get(f"/latest/meta-data/ram/security-credentials/{ROLE}")
     assert (resp.status, resp.body, resp.content_type) == (200, CREDENTIALS_BODY, JSON)
-    resp = get("/latest/dynamic/instance-identity/pkcs7", snap=snap, query="audience=me")
+    resp = get("/latest/dynamic/instance-identity/pkcs7", query="audience=me")
     assert (resp.status, resp.body) == (200, PKCS7_BODY)
-    assert dynamic.calls == [("credentials", ROLE, RICH_ID, ""),
-                             ("pkcs7", "", RICH_ID, "audience=me")]
 
 
-def test_dynamic_source_error_is_a_plain_error() -> None:
-    resp = get("/latest/dynamic/instance-identity/pkcs7", query="audience=")
-    assert_error(resp, 400)
+@pytest.mark.parametrize("query", ["audience=", "audience=a&audience=b", "audience=%ff",
+                                   "audience=" + "a" * 257, "audience=%0a"])
+def test_a_bad_audience_is_400_before_anything_is_signed(query: str) -> None:
+    assert_error(get("/latest/dynamic/instance-identity/pkcs7", query=query), 400)
 
 
-def test_static_leaves_are_not_asked_of_the_dynamic_source() -> None:
-    dynamic = FixedDynamic()
-    snap = snapshot_of(dynamic=dynamic)
+def test_credentials_of_a_role_not_attached_are_not_asked_for() -> None:
+    path = "/latest/meta-data/ram/security-credentials/"
+    assert_error(get(path + "OtherRole"), 404)
+    assert_error(get(path + ROLE, PLAIN_ID), 404)
+
+
+def test_static_leaves_need_nothing() -> None:
     for path in ("/latest/meta-data/all", "/latest/dynamic/instance-identity/document", "/"):
-        assert get(path, snap=snap).status == 200
-    assert dynamic.calls == []
+        assert not isinstance(verdict_of(path), NeedCredentials | NeedSignature | MintToken)
 
 
 # --- tokens: PUT /latest/api/token ---------------------------------------------------------------
@@ -268,7 +293,7 @@ def test_token_put_with_a_trailing_slash() -> None:
     assert call("PUT", "/latest/api/token/", headers={TTL: "5"}).status == 200
 
 
-@pytest.mark.parametrize("ttl", ["1", "60", "21599", "21600", "0600"])
+@pytest.mark.parametrize("ttl", ["1", "60", "21599", "21600", "0600", "60 ", " 60", "60\t"])
 def test_token_ttl_accepted(ttl: str) -> None:
     resp = call("PUT", "/latest/api/token", headers={TTL: ttl})
     assert resp.status == 200
@@ -279,7 +304,7 @@ def test_token_ttl_accepted(ttl: str) -> None:
 
 
 @pytest.mark.parametrize("ttl", [None, "", "0", "00", "21601", "99999", "999999", "9999999",
-                                 "-1", "+60", "1.5", "60s", " 60", "60 ", "0x10", "1e3",
+                                 "-1", "+60", "1.5", "60s", "6 0", "\v60", "0x10", "1e3",
                                  "\u0666\u0660", "\uff16\uff10", "\u00b2", "sixty", "60,60"])
 def test_token_ttl_missing_malformed_or_out_of_range_is_400(ttl: str | None) -> None:
     headers = {} if ttl is None else {TTL: ttl}
@@ -436,7 +461,8 @@ def test_peer_addresses_are_normalised_like_instance_addresses(peer: str, expect
 
 def test_unknown_caller_through_identify_is_403() -> None:
     caller = SNAP.identify(VPC, "10.0.0.99")
-    resp = resolve(Request("GET", "/latest/meta-data/instance-id", "", {}), caller, SNAP, NOW)
+    resp = answer(decide(Request.of("GET", "/latest/meta-data/instance-id"), caller, SNAP, NOW),
+                  SNAP)
     assert_error(resp, 403)
 
 
@@ -447,31 +473,16 @@ def test_header_constants_are_lower_case() -> None:
     assert access.TOKEN_HEADER == TOKEN and access.TTL_HEADER == TTL
 
 
-def test_token_gate() -> None:
-    rich, hard = SNAP.by_id[RICH_ID], SNAP.by_id[HARDENED_ID]
-    ring = SNAP.key_ring
-    good = ring.mint(HARDENED_ID, NOW, 60)
-    assert access.token_gate(hard, {"x-aliyun-ecs-metadata-token": good}, ring, NOW) == 0
-    assert access.token_gate(hard, {}, ring, NOW) == 403
-    assert access.token_gate(hard, {"x-aliyun-ecs-metadata-token": "x"}, ring, NOW) == 401
-    assert access.token_gate(hard, {"x-aliyun-ecs-metadata-token": good}, ring, NOW + 60) == 401
-    assert access.token_gate(rich, {}, ring, NOW) == 0
-    assert access.token_gate(rich, {"x-aliyun-ecs-metadata-token": good}, ring, NOW) == 401
-    assert access.token_gate(rich, {"x-aliyun-ecs-metadata-token": ""}, ring, NOW) == 401
-
-
-def test_proxied_and_reachable() -> None:
+def test_proxied() -> None:
     assert access.proxied({"x-forwarded-for": "1.2.3.4"})
     assert access.proxied({"forwarded": "for=1.2.3.4"})
     assert not access.proxied({"x-real-ip": "1.2.3.4", "via": "1.1 proxy"})
-    assert access.reachable(None) == 403
-    assert access.reachable(SNAP.by_id[DISABLED_ID]) == 403
-    assert access.reachable(SNAP.by_id[HARDENED_ID]) == 0
 
 
 @pytest.mark.parametrize(("value", "expected"), [
     ("1", 1), ("21600", 21600), ("000001", 1), ("21601", None), ("0", None), (None, None),
-    ("", None), ("0000001", None), ("1 ", None), ("٣", None), ("-0", None),
+    ("", None), ("0000001", None), ("1 ", 1), ("60\t", 60), (" 1", 1), ("1 1", None),
+    ("٣", None), ("-0", None),
 ])
 def test_parse_ttl(value: str | None, expected: int | None) -> None:
     assert access.parse_ttl(value, MAX_TOKEN_TTL) == expected
@@ -494,11 +505,40 @@ def test_rate_limit_429_with_retry_after_and_per_instance() -> None:
     assert get(path, limiter=limiter, now=NOW + 1).status == 200
 
 
-def test_rate_limit_does_not_hide_403() -> None:
-    limiter = RateLimiter(rate=1, burst=1)
-    for _ in range(3):
-        assert_error(get("/latest/meta-data/", DISABLED_ID, limiter=limiter), 403)
-        assert_error(get("/latest/meta-data/", None, limiter=limiter), 403)
+def source_call(source: str, who: str | None, limiter: RateLimiter, now: float = NOW
+                ) -> Response:
+    caller = SNAP.by_id[who] if who else None
+    return answer(decide(Request.of("GET", "/latest/meta-data/"), caller, SNAP, now, limiter,
+                         source), SNAP)
+
+
+@pytest.mark.parametrize("who", [None, DISABLED_ID])
+def test_callers_that_are_no_instance_are_limited_per_source_address(who: str | None
+                                                                     ) -> None:
+    """SPEC §8: a source that is no instance (or a disabled one) gets 403 within its limit,
+    then 429, and then its connections are closed; another source is not slowed."""
+    limiter = RateLimiter(rate=1, burst=2)
+    for _ in range(2):
+        assert_error(source_call("10.0.9.1", who, limiter), 403)
+    assert source_call("10.0.9.1", who, limiter).status == 429
+    assert source_call("10.0.9.1", who, limiter).status == 429
+    caller = SNAP.by_id[who] if who else None
+    assert decide(Request.of("GET", "/"), caller, SNAP, NOW, limiter, "10.0.9.1") is FLOODING
+    assert_error(source_call("10.0.9.2", who, limiter), 403)
+    assert_error(source_call("10.0.9.1", who, limiter, NOW + 5), 403)
+
+
+def test_a_flood_past_the_second_threshold_is_closed() -> None:
+    limiter = RateLimiter(rate=10, burst=5)
+    caller = SNAP.by_id[RICH_ID]
+    verdicts = [decide(Request.of("GET", "/latest/meta-data/"), caller, SNAP, NOW, limiter)
+                for _ in range(10)]
+    assert [getattr(v, "status", 200) for v in verdicts] == [200] * 5 + [429] * 5
+    assert not any(getattr(v, "close", False) for v in verdicts)
+    assert decide(Request.of("GET", "/"), caller, SNAP, NOW, limiter) is FLOODING
+    # another instance is not touched by it
+    assert isinstance(decide(Request.of("GET", "/"), SNAP.by_id[PLAIN_ID], SNAP, NOW, limiter),
+                      Leaf)
 
 
 # --- robustness ------------------------------------------------------------------------------
@@ -516,7 +556,7 @@ _headers = st.dictionaries(st.sampled_from([TTL, TOKEN, "x-forwarded-for", "forw
 
 @given(_methods, _paths, _headers, st.sampled_from([RICH_ID, PLAIN_ID, HARDENED_ID, DISABLED_ID,
                                                     None]))
-def test_resolve_never_raises(method: str, path: str, headers: dict[str, str],
+def test_decide_never_raises(method: str, path: str, headers: dict[str, str],
                               who: str | None) -> None:
     resp = call(method, path, who, headers)
     assert resp.status in (200, 400, 401, 403, 404, 405)
