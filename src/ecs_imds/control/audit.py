@@ -36,8 +36,12 @@ def json_logger(name: str, path: Path | None) -> logging.Logger:
 
 
 class Audit:
-    def __init__(self, logger: logging.Logger) -> None:
+    """Where changes are recorded; `path` is the file the logger writes (the console reads
+    it back), None when it writes elsewhere."""
+
+    def __init__(self, logger: logging.Logger, path: Path | None = None) -> None:
         self.logger = logger
+        self.path = path
 
     def record(self, actor: str, action: str, target: str, **details: Any) -> None:
         self.logger.info({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -16,10 +16,12 @@ import uvloop
 from fastapi import FastAPI
 
 from ecs_imds.config import ApiSettings, Config, parse_bind
+from ecs_imds.control import console
 from ecs_imds.control.app import create_app
 from ecs_imds.control.audit import Audit, json_logger
 from ecs_imds.control.auth import SECRET_NAME, Authority, new_secret, write_admin_token
 from ecs_imds.control.context import ControlContext
+from ecs_imds.control.routes import ROUTERS
 from ecs_imds.dataplane.fulfil import Fulfiller
 from ecs_imds.dataplane.plane import DataPlane, bind_socket
 from ecs_imds.issuers import open_issuer
@@ -85,9 +87,12 @@ class Service:
             store=self.store, authority=self.authority,
             snapshot=lambda: self.plane.snapshot if self.plane else None,
             metrics=metrics,
-            audit=Audit(json_logger("ecs_imds.audit", self.config.audit_path)),
+            audit=Audit(json_logger("ecs_imds.audit", self.config.audit_path),
+                        self.config.audit_path),
             issuer=lambda: self.issuer, open_metrics=self.config.api.open_metrics)
-        return create_app(ctx)
+        app = create_app(ctx, (*ROUTERS, *console.ROUTERS))
+        app.state.public_prefixes.append(console.PREFIX)  # the console's page: no data
+        return app
 
     async def _start_api(self, api: ApiSettings, metrics: Metrics
                          ) -> tuple[uvicorn.Server, socket.socket]:

@@ -1,0 +1,235 @@
+"""The fleet as the console lists it: one small row per instance, filtered and paged in
+memory, kept current from the store by revision.
+
+The REST API's instance list parses and validates every stored document on each request:
+right for a script paging through the fleet, far too slow for a page that filters again on
+every keystroke at 100k instances (about 120 µs an instance). The console keeps rows
+instead: built on first use from the stored documents (read in batches, only the columns
+kept, nothing validated again — every write was), then, whenever the store's version has
+moved, only the instances whose revision changed are read again. The ids matching a filter
+are kept with the table they were computed from, so paging through them is a bisect.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ecs_imds.errors import ValidationError
+from ecs_imds.protocol.model import FleetDefaults, MetadataOptions
+from ecs_imds.store import Store
+
+# SPEC §1's access modes, as the console names them (filter values and labels).
+NORMAL, HARDENED, DISABLED = "normal", "security-hardening", "endpoint-disabled"
+MODES = (NORMAL, HARDENED, DISABLED)
+INVALID = "invalid"  # a stored document the data plane cannot serve (edited by hand)
+
+READ_AT_ONCE = 1000  # documents read from the store at a time
+FILTERS_KEPT = 16  # filters whose matches a table remembers
+MAX_PAGE = 500
+
+
+def mode_of(options: MetadataOptions) -> str:
+    if not options.endpoint_enabled:
+        return DISABLED
+    return HARDENED if options.tokens_required else NORMAL
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """What the fleet page shows of one instance, its effective options applied."""
+
+    instance_id: str
+    name: str
+    vpc_id: str
+    private: tuple[str, ...]  # every address it calls from
+    public: tuple[str, ...]  # public IPv4 and EIP
+    mode: str
+    hop_limit: int
+    tags: tuple[tuple[str, str], ...]
+    tags_exposed: bool
+    role: str | None
+    spot: str | None
+    events: tuple[str, ...]  # event types of its active system events
+    haystack: str  # lower-case text the text filter searches
+
+    def to_json(self) -> dict[str, Any]:
+        return {"instance-id": self.instance_id, "name": self.name, "vpc-id": self.vpc_id,
+                "private": list(self.private), "public": list(self.public),
+                "mode": self.mode, "hop-limit": self.hop_limit,
+                "tags": dict(self.tags), "tags-exposed": self.tags_exposed,
+                "role": self.role, "spot": self.spot, "events": list(self.events)}
+
+
+class RowMaker:
+    """Rows from stored documents under one set of fleet defaults."""
+
+    def __init__(self, defaults: FleetDefaults) -> None:
+        self.defaults = defaults
+        self._options: dict[tuple[tuple[str, Any], ...], MetadataOptions | None] = {}
+
+    def options(self, doc: dict[str, Any]) -> MetadataOptions | None:
+        """The effective options (shared between instances that set the same ones)."""
+        own = doc.get("metadata-options")
+        if not own:
+            return self.defaults.metadata_options
+        key = tuple(sorted(own.items()))
+        if key not in self._options:
+            try:
+                self._options[key] = MetadataOptions.from_doc(
+                    own, "metadata-options", base=self.defaults.metadata_options)
+            except ValidationError:
+                self._options[key] = None
+        return self._options[key]
+
+    def row(self, doc: dict[str, Any]) -> Row:
+        nics = doc.get("network-interfaces") or [{}]
+        private = tuple(ip for nic in nics for key in ("private-ipv4s", "ipv6s")
+                        for ip in nic.get(key) or ())
+        public = tuple(doc[k] for k in ("public-ipv4", "eipv4") if doc.get(k))
+        instance_id = str(doc.get("instance-id"))
+        name = doc.get("instance-name") or doc.get("hostname") or ""
+        tags = tuple(sorted((doc.get("tags") or {}).items()))
+        role = doc.get("ram-role") or self.defaults.values.ram_role
+        options = self.options(doc)
+        text = " ".join((instance_id, name, *private, *public, role or "",
+                         *(f"{k}={v}" for k, v in tags)))
+        return Row(
+            instance_id=instance_id, name=name, vpc_id=str(nics[0].get("vpc-id")),
+            private=private, public=public,
+            mode=INVALID if options is None else mode_of(options),
+            hop_limit=options.hop_limit if options else 0, tags=tags,
+            tags_exposed=bool(options and options.tags_exposed), role=role,
+            spot=doc.get("spot-termination-time"),
+            events=tuple(e.get("EventType", "") for e in doc.get("events") or ()),
+            haystack=text.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Every part that is set must hold: same VPC, the tag (KEY or KEY=VALUE), the access
+    mode, and the text (case-insensitive) somewhere in id, name, addresses, tags or role."""
+
+    vpc_id: str = ""
+    tag: str = ""
+    mode: str = ""
+    text: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.vpc_id or self.tag or self.mode or self.text)
+
+    def predicate(self) -> Callable[[Row], bool]:
+        vpc_id, mode, text = self.vpc_id, self.mode, self.text.lower().strip()
+        key, has_value, value = self.tag.partition("=")
+
+        def matches(row: Row) -> bool:
+            if vpc_id and row.vpc_id != vpc_id:
+                return False
+            if mode and row.mode != mode:
+                return False
+            if key and not any(k == key and (not has_value or v == value)
+                               for k, v in row.tags):
+                return False
+            return not text or text in row.haystack
+
+        return matches
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    rows: list[Row]
+    total: int  # instances matching the filter
+    start: int  # position of the first row among them
+    next_after: str | None  # cursor of the next page, None on the last
+    prev_before: str | None  # cursor of the previous page, None on the first
+
+
+@dataclass(slots=True)
+class Table:
+    """The fleet at one store version; never changed once published (but for the cache of
+    filter matches, which only grows and is computed from what is fixed)."""
+
+    version: int
+    defaults_doc: dict[str, Any]
+    revisions: dict[str, int]
+    rows: dict[str, Row]
+    ids: list[str]  # sorted
+    _matches: dict[Filter, list[str]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def matching(self, flt: Filter) -> list[str]:
+        """The sorted ids of the instances `flt` admits."""
+        if not flt:
+            return self.ids
+        with self._lock:
+            found = self._matches.get(flt)
+        if found is None:
+            matches, rows = flt.predicate(), self.rows
+            found = [i for i in self.ids if matches(rows[i])]
+            with self._lock:
+                if len(self._matches) >= FILTERS_KEPT:
+                    self._matches.pop(next(iter(self._matches)))
+                self._matches[flt] = found
+        return found
+
+    def page(self, flt: Filter, size: int, after: str | None = None,
+             before: str | None = None) -> Page:
+        """`size` rows after the id `after`, or before the id `before`, or the first ones."""
+        ids = self.matching(flt)
+        size = max(1, min(size, MAX_PAGE))
+        if before is not None:
+            end = bisect.bisect_left(ids, before)
+            start = max(0, end - size)
+        else:
+            start = 0 if after is None else bisect.bisect_right(ids, after)
+            end = min(len(ids), start + size)
+        chosen = ids[start:end]
+        return Page(rows=[self.rows[i] for i in chosen], total=len(ids), start=start,
+                    next_after=chosen[-1] if chosen and end < len(ids) else None,
+                    prev_before=chosen[0] if chosen and start > 0 else None)
+
+    def vpcs(self) -> list[tuple[str, int]]:
+        """Every VPC and how many instances it holds."""
+        return sorted(Counter(row.vpc_id for row in self.rows.values()).items())
+
+
+class FleetView:
+    """The current `Table`, brought up to the store's version on each look."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._table: Table | None = None
+
+    def table(self) -> Table:
+        with self._lock:
+            version = self._store.version()
+            table = self._table
+            if table is None or table.version != version:
+                table = self._table = self._refresh(table, version)
+            return table
+
+    def _refresh(self, old: Table | None, version: int) -> Table:
+        store = self._store
+        defaults_doc = store.load_defaults()
+        if old is not None and old.defaults_doc != defaults_doc:
+            old = None  # every row may have changed with the defaults
+        maker = RowMaker(FleetDefaults.from_doc(defaults_doc))
+        revisions = store.revisions()
+        known = old.revisions if old else {}
+        rows = dict(old.rows) if old else {}
+        stale = [i for i, rev in revisions.items() if known.get(i) != rev]
+        gone = [i for i in rows if i not in revisions]
+        for i in gone:
+            del rows[i]
+        for start in range(0, len(stale), READ_AT_ONCE):
+            for stored in store.load_instances(stale[start:start + READ_AT_ONCE]):
+                rows[stored.instance_id] = maker.row(stored.doc)
+        same_ids = old is not None and not gone and all(i in old.rows for i in stale)
+        ids = old.ids if same_ids and old is not None else sorted(rows)
+        return Table(version=version, defaults_doc=defaults_doc, revisions=revisions,
+                     rows=rows, ids=ids)
