@@ -122,7 +122,7 @@ async def instance(ctx: Ctx, instance_id: str) -> JSONResponse:
     return _json(body)
 
 
-@router.get("/audit", responses=responses(), operation_id="ConsoleAudit",
+@router.get("/audit", responses=responses(400), operation_id="ConsoleAudit",
             summary="The newest records of this server's audit log")
 async def audit(ctx: Ctx, instance: str | None = Query(None, max_length=64),
                 limit: int = Query(100, ge=1, le=1000)) -> JSONResponse:
