@@ -14,7 +14,7 @@ DEB_TOOLS := ip:iproute2 curl:curl openssl:openssl /usr/lib/postgresql/*/bin/ini
 # What `make bench` drives, the same way.
 BENCH_TOOLS := wrk:wrk nginx:nginx taskset:util-linux
 
-.PHONY: serve test lint deps debs bench clean golden
+.PHONY: serve test lint deps debs bench bench-console screenshots clean golden
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ golden: $(STAMP)
 bench: $(STAMP)
 	@$(MAKE) --no-print-directory debs DEB_TOOLS="$(BENCH_TOOLS)"
 	$(BIN)/python bench/run.py
+
+# The web console's reads on a fleet of 100k instances (p50/p99), into BENCHMARKS.md.
+bench-console: $(STAMP)
+	$(BIN)/python bench/console.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis

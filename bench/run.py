@@ -542,11 +542,12 @@ def targets(results: list[Result], half: dict[str, list[Run]], scales: list[Scal
     return out
 
 
-def write_report(path: Path, text: str) -> None:
+def write_report(path: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Put `text` (which starts with `begin` and ends with `end`) between those markers."""
     old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + text + rest.split(END, 1)[1]
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + text + rest.split(end, 1)[1]
     else:
         new = ("# Benchmarks\n\nHow fast the data plane is, against nginx serving the same "
                "bytes, and how it holds large fleets. `make bench` runs everything and rewrites "
