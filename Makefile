@@ -52,6 +52,10 @@ bench: $(STAMP)
 	@$(MAKE) --no-print-directory debs DEB_TOOLS="$(BENCH_TOOLS)"
 	$(BIN)/python bench/run.py
 
+# The console's pictures in the README (docs/console-*.png), taken in headless Chromium.
+screenshots: $(STAMP) debs
+	$(BIN)/python tests/screenshots.py
+
 # The web console's reads on a fleet of 100k instances (p50/p99), into BENCHMARKS.md.
 bench-console: $(STAMP)
 	$(BIN)/python bench/console.py

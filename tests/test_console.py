@@ -53,6 +53,8 @@ def numbered(n: int) -> dict[str, Any]:
         doc["metadata-options"] = options
     if n % 4 == 0:
         doc["ram-role"] = "view-role"
+    if n % 5:
+        doc["dedicated-host-id"] = f"dh-host{n % 5}"
     return doc
 
 
@@ -91,6 +93,7 @@ def test_rows_agree_with_the_model_for_every_instance(store: SQLiteStore) -> Non
         assert row.vpc_id == inst.vpc_id
         assert set(row.private) == set(inst.addresses())
         assert dict(row.tags) == inst.tags
+        assert row.placement == inst.dedicated_host_id
 
 
 @pytest.mark.parametrize(("flt", "expect"), [
@@ -104,6 +107,7 @@ def test_rows_agree_with_the_model_for_every_instance(store: SQLiteStore) -> Non
     (Filter(text="VIEW-1"), lambda n: str(n).startswith("1")),
     (Filter(text="view-role", mode=NORMAL), lambda n: n % 4 == 0 and n % 3 == 0),
     (Filter(text="10.0.0.7"), lambda n: str(n + 2).startswith("7")),
+    (Filter(text="DH-HOST3", vpc_id="vpc-rich0001"), lambda n: n % 5 == 3 and n % 2),
 ])
 def test_filters_and_paging(store: SQLiteStore, flt: Filter, expect: Any) -> None:
     view = FleetView(store)
@@ -136,6 +140,20 @@ def test_the_view_follows_the_store_reading_only_what_changed(store: SQLiteStore
     assert before.rows["i-view00003"].mode == NORMAL  # a published table never changes
 
 
+def test_the_view_reads_everything_again_when_the_change_log_cannot_say(
+        store: SQLiteStore) -> None:
+    view = FleetView(store)
+    assert view.table().rows["i-view00007"].name == "view-7"
+    dump = store.dump()
+    for doc in dump.instances:
+        if doc["instance-id"] == "i-view00007":
+            doc["instance-name"] = "restored"
+    store.restore(dump)  # the change log starts again: it cannot reach back
+    table = view.table()
+    assert table.rows["i-view00007"].name == "restored"
+    assert table.version == store.version() and len(table.rows) == 120
+
+
 def test_new_defaults_change_the_rows_that_inherit_them(store: SQLiteStore) -> None:
     view = FleetView(store)
     assert view.table().rows["i-view00000"].mode == NORMAL
@@ -144,6 +162,14 @@ def test_new_defaults_change_the_rows_that_inherit_them(store: SQLiteStore) -> N
     table = view.table()
     assert table.rows["i-view00000"].mode == HARDENED  # inherits
     assert table.rows["i-view00002"].mode == DISABLED  # its own option stands
+
+
+def test_a_tag_filter_matches_whole_tags_only() -> None:
+    row = RowMaker(FleetDefaults()).row(numbered(1) | {"tags": {"a=b": "c", "ab": "x y"}})
+    assert Filter(tag="a=b=c").apply([row]) == []  # key "a", value "b=c": no such tag
+    assert Filter(tag="ab=x y").apply([row]) == [row]
+    assert Filter(tag="ab").apply([row]) == [row]
+    assert Filter(tag="a").apply([row]) == [] and Filter(tag="ab=x").apply([row]) == []
 
 
 def test_a_document_that_cannot_be_served_is_listed_as_such(tmp_path: Path) -> None:

@@ -78,7 +78,10 @@ def serve(ctx: click.Context, demo: bool, listen: tuple[str, ...], workers: int 
                    f"  curl http://{DEMO_LISTEN}/latest/meta-data/\n"
                    f"  ECS_IMDS_ENDPOINT=http://{DEMO_LISTEN} ecs-imds get meta-data/all\n"
                    f"  ecs-imds {data} admin instance list      # the control plane, "
-                   f"{service.config.api.unix or service.config.api.bind}")
+                   f"{service.config.api.unix or service.config.api.bind}"
+                   + ("" if service.config.api.unix else
+                      f"\n  the console: http://{service.config.api.bind}/console/ (sign in "
+                      f"with the token in {service.config.admin_token_path})"))
     if not service.config.listeners:
         raise click.ClickException("no listeners: give --listen, a config file, or --demo")
     service.run()

@@ -16,7 +16,7 @@ import bisect
 import sys
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from ecs_imds.errors import ValidationError
@@ -49,6 +49,7 @@ class Row(NamedTuple):
     vpc_id: str
     private: tuple[str, ...]  # every address it calls from
     public: tuple[str, ...]  # public IPv4 and EIP
+    placement: str | None  # the dedicated host it runs on
     mode: str
     hop_limit: int
     tags: tuple[tuple[str, str], ...]
@@ -62,7 +63,7 @@ class Row(NamedTuple):
     def to_json(self) -> dict[str, Any]:
         return {"instance-id": self.instance_id, "name": self.name, "vpc-id": self.vpc_id,
                 "private": list(self.private), "public": list(self.public),
-                "mode": self.mode, "hop-limit": self.hop_limit,
+                "placement": self.placement, "mode": self.mode, "hop-limit": self.hop_limit,
                 "tags": dict(self.tags), "tags-exposed": self.tags_exposed,
                 "role": self.role, "spot": self.spot, "events": list(self.events)}
 
@@ -100,11 +101,13 @@ class RowMaker:
         tags = tuple(sorted((doc.get("tags") or {}).items()))
         role = doc.get("ram-role") or self.defaults.values.ram_role
         role = role and sys.intern(role)
+        placement = doc.get("dedicated-host-id")
         options = self.options(doc)
-        text = [instance_id, name, *private, *public, role or ""]
+        text = [instance_id, name, *private, *public, role or "", placement or ""]
         text += [f"{k}={v}" for k, v in tags]
         return Row(instance_id, name, sys.intern(str(nics[0].get("vpc-id"))), tuple(private),
-                   tuple(public), INVALID if options is None else mode_of(options),
+                   tuple(public), placement and sys.intern(placement),
+                   INVALID if options is None else mode_of(options),
                    options.hop_limit if options else 0, tags,
                    bool(options and options.tags_exposed), role,
                    doc.get("spot-termination-time"),
@@ -116,7 +119,8 @@ class RowMaker:
 @dataclass(frozen=True, slots=True)
 class Filter:
     """Every part that is set must hold: same VPC, the tag (KEY or KEY=VALUE), the access
-    mode, and the text (case-insensitive) somewhere in id, name, addresses, tags or role."""
+    mode, and the text (case-insensitive) somewhere in id, name, addresses, tags, role or
+    placement."""
 
     vpc_id: str = ""
     tag: str = ""
@@ -128,19 +132,21 @@ class Filter:
 
     def apply(self, rows: list[Row]) -> list[Row]:
         """The rows this filter admits, in their order: one tight pass per part that is
-        set (a tag is first found in each row's tag line, then checked exactly)."""
+        set (a tag is looked for in each row's tag line, then checked exactly)."""
         if self.vpc_id:
             rows = [r for r in rows if r.vpc_id == self.vpc_id]
         if self.mode:
             rows = [r for r in rows if r.mode == self.mode]
-        if self.tag:
-            key, has_value, value = self.tag.partition("=")
-            needle = f"{SEP}{key}=" + (f"{value}{SEP}" if has_value else "")
-            rows = [r for r in rows if needle in r.tagline and any(
-                k == key and (not has_value or v == value) for k, v in r.tags)]
         text = self.text.lower().strip()
         if text:
             rows = [r for r in rows if text in r.haystack]
+        if self.tag:
+            key, has_value, value = self.tag.partition("=")
+            needle = f"{SEP}{key}=" + (f"{value}{SEP}" if has_value else "")
+            rows = [r for r in rows if needle in r.tagline]
+            pair = (key, value)  # exactly, as a key may hold "=" itself
+            rows = [r for r in rows if (pair in r.tags if has_value
+                                        else any(k == key for k, _ in r.tags))]
         return rows
 
 
@@ -160,7 +166,6 @@ class Table:
 
     version: int
     defaults_doc: dict[str, Any]
-    revisions: dict[str, int]
     rows: dict[str, Row]
     ids: list[str]  # sorted
     _matches: dict[Filter, list[str]] = field(default_factory=dict)
@@ -209,7 +214,10 @@ class Table:
 
 
 class FleetView:
-    """The current `Table`, brought up to the store's version on each look."""
+    """The current `Table`, brought up to the store's version on each look: from the
+    store's change log, only the instances written or deleted since are read again; the
+    whole fleet only at first, when the log no longer reaches back, or when the fleet
+    defaults changed (every row may inherit from them)."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -218,31 +226,43 @@ class FleetView:
 
     def table(self) -> Table:
         with self._lock:
-            version = self._store.version()
             table = self._table
-            if table is None or table.version != version:
-                table = self._table = self._refresh(table, version)
+            if table is None:
+                table = self._table = self._read_all()
+            elif self._store.version() != table.version:
+                table = self._table = self._catch_up(table)
             return table
 
-    def _refresh(self, old: Table | None, version: int) -> Table:
+    def _read_all(self) -> Table:
         store = self._store
+        version = store.version()
         defaults_doc = store.load_defaults()
-        if old is not None and old.defaults_doc != defaults_doc:
-            old = None  # every row may have changed with the defaults
         maker = RowMaker(FleetDefaults.from_doc(defaults_doc))
-        revisions = store.revisions()
-        known = old.revisions if old else {}
-        rows = dict(old.rows) if old else {}
-        get = known.get
-        stale = [i for i, rev in revisions.items() if get(i) != rev]
-        added = sum(1 for i in stale if i not in known)
-        gone = [i for i in rows if i not in revisions] if len(known) + added > len(
-            revisions) else []
-        for i in gone:
-            del rows[i]
-        for start in range(0, len(stale), READ_AT_ONCE):
-            for stored in store.load_instances(stale[start:start + READ_AT_ONCE]):
+        ids = list(store.revisions())
+        rows: dict[str, Row] = {}
+        for start in range(0, len(ids), READ_AT_ONCE):
+            for stored in store.load_instances(ids[start:start + READ_AT_ONCE]):
                 rows[stored.instance_id] = maker.row(stored.doc)
-        ids = old.ids if old is not None and not gone and not added else sorted(rows)
-        return Table(version=version, defaults_doc=defaults_doc, revisions=revisions,
-                     rows=rows, ids=ids)
+        return Table(version=version, defaults_doc=defaults_doc, rows=rows, ids=sorted(rows))
+
+    def _catch_up(self, old: Table) -> Table:
+        store = self._store
+        changes = store.changes(old.version)
+        if changes.resync:
+            return self._read_all()
+        if changes.fleet and store.load_defaults() != old.defaults_doc:
+            return self._read_all()
+        if not changes.ids:
+            return replace(old, version=changes.version)
+        maker = RowMaker(FleetDefaults.from_doc(old.defaults_doc))
+        rows = dict(old.rows)
+        found = {s.instance_id: s for s in store.load_instances(sorted(changes.ids))}
+        for instance_id in changes.ids:
+            stored = found.get(instance_id)
+            if stored is None:
+                rows.pop(instance_id, None)
+            else:
+                rows[instance_id] = maker.row(stored.doc)
+        same = all((i in rows) == (i in old.rows) for i in changes.ids)
+        return Table(version=changes.version, defaults_doc=old.defaults_doc, rows=rows,
+                     ids=old.ids if same else sorted(rows))

@@ -22,7 +22,7 @@ export function fleetPage(params) {
     h("option", { value: "" }, "every access mode"),
     Object.entries(MODES).filter(([key]) => key !== "invalid")
       .map(([key, label]) => h("option", { value: key, selected: filter.mode === key }, label)));
-  const text = h("input", { name: "q", type: "search", placeholder: "id, name, address, tag, role…", value: filter.q, "aria-label": "search" });
+  const text = h("input", { name: "q", type: "search", placeholder: "id, name, address, tag, role, host…", value: filter.q, "aria-label": "search" });
   const count = h("span", { class: "count", "data-testid": "count" });
   const prev = h("button", { type: "button", disabled: true }, "‹ Previous");
   const next = h("button", { type: "button", disabled: true }, "Next ›");
@@ -31,7 +31,7 @@ export function fleetPage(params) {
 
   const table = h("table", { class: "fleet" },
     h("thead", {}, h("tr", {},
-      ["Instance", "VPC", "Addresses", "Access mode", "Tags", "RAM role", "Spot reclaim", "Events"]
+      ["Instance", "VPC", "Addresses", "Placement", "Access mode", "Tags", "RAM role", "Spot reclaim", "Events"]
         .map((name) => h("th", { scope: "col" }, name)))),
     body);
 
@@ -76,6 +76,7 @@ export function fleetPage(params) {
       h("td", { "data-label": "VPC" }, inst["vpc-id"]),
       h("td", { "data-label": "Addresses" }, inst.private.join(", "),
         inst.public.length ? h("div", { class: "muted" }, `public ${inst.public.join(", ")}`) : null),
+      h("td", { "data-label": "Placement" }, inst.placement || h("span", { class: "muted" }, "none")),
       h("td", { "data-label": "Access mode" }, modeBadge(inst.mode),
         inst["hop-limit"] > 1 ? h("div", { class: "muted" }, `hop limit ${inst["hop-limit"]}`) : null),
       h("td", { "data-label": "Tags" },

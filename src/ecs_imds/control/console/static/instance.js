@@ -58,6 +58,8 @@ export function instancePage(id, session) {
       ...fact("VPC", inst["vpc-id"]),
       ...fact("Addresses", inst.private.join(", ")),
       ...(inst.public.length ? fact("Public", inst.public.join(", ")) : []),
+      ...fact("Placement", inst.placement
+        ? `dedicated host ${inst.placement}` : h("span", { class: "muted" }, "no dedicated host")),
       ...fact("Access mode", modeBadge(inst.mode), ` token hop limit ${inst["hop-limit"]}`),
       ...fact("Tags", tags.length ? tags : h("span", { class: "muted" }, "none"),
         tags.length ? ` (${inst["tags-exposed"] ? "in metadata" : "not in metadata"})` : ""),
