@@ -3,22 +3,19 @@
 Serves the demo fleet on loopback (one instance given a spot reclaim and a system event,
 so that every column has something to show), signs in with the admin token in Debian's
 headless Chromium and writes docs/console-fleet.png and docs/console-instance.png at
-1280×800, and docs/console-phone.png at a phone's size.
+1280x800, and docs/console-phone.png at a phone's size.
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from browser import DESKTOP, PHONE, chromium, sign_in  # noqa: E402
-from server import demo_server  # noqa: E402
+from browser import DESKTOP, PHONE, chromium, sign_in
+from server import demo_server
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 WEB, HARDENED, SPOT = (f"i-bp1demo000000000000{n}" for n in (1, 2, 3))
