@@ -26,6 +26,7 @@ from ecs_imds.control.console.fleetview import (
 from ecs_imds.control.console.pages import ASSETS
 from ecs_imds.control.console.served import HIDDEN, crawl
 from ecs_imds.control.fleet import import_fleet
+from ecs_imds.issuers.static import StaticIssuer
 from ecs_imds.protocol.catalogue import Dynamic, Leaf, Rendered
 from ecs_imds.protocol.credentials import BuiltinIssuer
 from ecs_imds.protocol.model import FleetDefaults, Instance, effective
@@ -207,6 +208,18 @@ def test_the_crawl_reaches_every_path_and_shows_its_bytes(instance_id: str) -> N
         assert body["AccessKeySecret"] == body["SecurityToken"] == HIDDEN
     assert all(a.body == b"" for p, a in found.items()
                if isinstance(caller.entries[p], Dynamic) and p.endswith("pkcs7"))
+
+
+def test_a_credential_from_another_issuer_is_not_fetched(tmp_path: Path) -> None:
+    """A static or command issuer is not asked for a page view: nothing of it is shown."""
+    snap = snapshot_of()
+    caller = snap.by_id["i-bp13znx0m0me8cquu001"]
+    assert isinstance(caller, Rendered) and caller.role
+    issuer = StaticIssuer(tmp_path)  # no <role>.json: asking it would fail
+    answers, credentials = crawl(caller, snap, NOW, issuer, with_token=True)
+    (answer,) = [a for a in answers if a.path.endswith(f"security-credentials/{caller.role}")]
+    assert answer.status == 200 and answer.body == b"" and "issuer" in answer.hidden
+    assert credentials is None
 
 
 @pytest.mark.parametrize(("instance_id", "plain", "with_token"), [

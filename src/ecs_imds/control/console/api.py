@@ -3,7 +3,7 @@ not answer in one request (or fast enough). Every change the console makes goes 
 REST API itself, with its ETags; nothing here writes.
 
 Store reads run on the control plane's store threads (`ControlContext.run`), crawls of the
-served tree too (a credential issuer may run a program). The one step that touches the data
+served tree too (they derive a credential, sign nothing). The one step that touches the data
 plane's snapshot objects — rendering an instance deferred until its first request — runs on
 the event loop, where the data plane does the same, so the two never race over one instance.
 """
