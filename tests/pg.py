@@ -45,7 +45,9 @@ def pg_bin() -> Path:
 class PostgresCluster:
     """initdb, start, stop, restart; `url(db)` is a psycopg URL of one database."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
+        """`durable`: PostgreSQL's own defaults (fsync on), for benchmarks; the tests run
+        without flushing to disk."""
         self.bin = pg_bin()
         self.dir = Path(tempfile.mkdtemp(prefix="ecs-imds-pg-"))
         self.data = self.dir / "data"
@@ -59,8 +61,9 @@ class PostgresCluster:
                   "--no-sync", "-E", "UTF8", "--locale=C.UTF-8")
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write(f"listen_addresses = ''\nunix_socket_directories = '{self.dir}'\n"
-                       f"port = {self.port}\nfsync = off\nsynchronous_commit = off\n"
-                       "full_page_writes = off\nmax_connections = 200\n")
+                       f"port = {self.port}\nmax_connections = 200\n")
+            if not durable:
+                conf.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
 
     def _run(self, tool: str, *args: str) -> None:
         result = subprocess.run([*self._as, str(self.bin / tool), *args], capture_output=True,
