@@ -45,8 +45,9 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import fleetgen  # noqa: E402
-from pg import PostgresCluster, pg_bin  # noqa: E402
 from run import ECS_IMDS, fetch, free_port, rss_of, stop, wait_port  # noqa: E402
+
+from pg import PostgresCluster, pg_bin  # noqa: E402
 
 BEGIN, END = "<!-- bench:fleet:begin -->", "<!-- bench:fleet:end -->"
 PER_HOST = 100  # instances placed on one host

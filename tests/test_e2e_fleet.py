@@ -5,6 +5,10 @@ per-host proxy speaking PROXY protocol v2 (instance `z`, also 192.168.0.10). Hos
 VPC 1 (instance `a` again, the same instance after a live migration, and `b`). The database
 is a real PostgreSQL reached over a unix socket, stopped and started by the last test.
 
+Every test runs twice: with each server holding the whole fleet, and with each scoped to
+its hosts (`a` and `z` are placed on h1, `b` on h2; host 1 serves h1, host 2 serves h1 and
+h2), so every guarantee holds with scoping on and off.
+
 Waits are bounded polls; the durations they measure are printed (pytest -s), not asserted.
 """
 
@@ -45,10 +49,12 @@ FLEET: dict[str, Any] = {
                  "owner-account-id": "1234567890", "image-id": "ubuntu_22_04_x64",
                  "instance-type": "ecs.g7.large"},
     "instances": [
-        {"instance-id": A, "ram-role": ROLE, "network-interfaces": [nic(1, "192.168.0.10", VPC1)]},
+        {"instance-id": A, "ram-role": ROLE, "dedicated-host-id": "h1",
+         "network-interfaces": [nic(1, "192.168.0.10", VPC1)]},
         {"instance-id": B, "metadata-options": {"http-tokens": "required"},
-         "network-interfaces": [nic(2, "192.168.0.11", VPC1)]},
-        {"instance-id": Z, "network-interfaces": [nic(3, "192.168.0.10", VPC2)]},
+         "dedicated-host-id": "h2", "network-interfaces": [nic(2, "192.168.0.11", VPC1)]},
+        {"instance-id": Z, "dedicated-host-id": "h1",
+         "network-interfaces": [nic(3, "192.168.0.10", VPC2)]},
     ],
 }
 
@@ -68,18 +74,25 @@ def hosts() -> Iterator[tuple[FleetHost, FleetHost]]:
         yield one, two
 
 
+@pytest.fixture(scope="module", params=["whole fleet", "scoped"])
+def scoped(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param == "scoped")
+
+
 @pytest.fixture(scope="module")
-def servers(db: tuple[PostgresCluster, str], hosts: tuple[FleetHost, FleetHost],
+def servers(db: tuple[PostgresCluster, str], hosts: tuple[FleetHost, FleetHost], scoped: bool,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess,
                                                                         ServerProcess]]:
     _, url = db
     one, two = hosts
     proxied = {"proxy-protocol": {"trusted": [PROXY_IP]}}
+    scope1 = {"scope": {"hosts": ["h1"]}} if scoped else {}
+    scope2 = {"scope": {"hosts": ["h1", "h2"]}} if scoped else {}
     s1 = ServerProcess(tmp_path_factory.mktemp("host1"), FLEET, [
         {"bind": f"{SERVER_IP}:80", "vpc-id": VPC1, **proxied},  # instances here are untrusted
-        {"bind": f"{SERVER_TRANSIT_IP}:80", "vpc-id": VPC2, **proxied}], store=url)
+        {"bind": f"{SERVER_TRANSIT_IP}:80", "vpc-id": VPC2, **proxied}], store=url, **scope1)
     s2 = ServerProcess(tmp_path_factory.mktemp("host2"), FLEET,
-                       [{"bind": f"{SERVER_IP}:80", "vpc-id": VPC1}], store=url)
+                       [{"bind": f"{SERVER_IP}:80", "vpc-id": VPC1}], store=url, **scope2)
     try:
         s1.start(lambda argv, log: one.server.popen(argv, stdout=log, stderr=subprocess.STDOUT))
         s2.launch(lambda argv, log: two.server.popen(argv, stdout=log,
@@ -143,6 +156,13 @@ def send_raw(host: FleetHost, who: str, data: bytes) -> bytes:
 
 GET_ID = b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 NAME = "/latest/meta-data/instance/instance-name"
+
+
+# -- scoping --------------------------------------------------------------------------------
+def test_a_scoped_server_holds_its_hosts_instances(servers: tuple[ServerProcess, ServerProcess],
+                                                   scoped: bool) -> None:
+    s1, s2 = servers
+    assert (ready(s1)["instances"], ready(s2)["instances"]) == ((2, 3) if scoped else (3, 3))
 
 
 # -- many VPCs on one host ------------------------------------------------------------------

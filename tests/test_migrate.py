@@ -6,8 +6,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from ecs_imds.control.fleet import export_fleet, import_fleet
+from ecs_imds.errors import AddressTaken
 from ecs_imds.protocol.tokens import KeyRing
+from ecs_imds.store.base import Changes
 from ecs_imds.store.keys import ensure_token_keys, identity_blob, rotate_token_key
 from ecs_imds.store.postgres import PostgresStore
 from ecs_imds.store.sqlite import SQLiteStore
@@ -24,7 +28,8 @@ def migrate(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_sqlite_to_postgresql_and_back(tmp_path: Path, postgres: PostgresCluster) -> None:
     data = tmp_path / "data"
     source = SQLiteStore(data / "ecs-imds.db")
-    doc = fleet() | {"instances": [instance(1, extra={"x": "网站"}), instance(2),
+    doc = fleet() | {"instances": [instance(1, extra={"x": "网站"}),
+                                   instance(2, **{"dedicated-host-id": "h2"}),
                                    instance(3, vpc=OTHER_VPC, ip="10.0.0.3")]}
     import_fleet(source, doc)
     now = int(time.time())
@@ -42,6 +47,12 @@ def test_sqlite_to_postgresql_and_back(tmp_path: Path, postgres: PostgresCluster
         assert "copied 3 instances, 2 token keys and 2 secrets" in result.stderr
         pg = PostgresStore(url)
         assert pg.dump() == before
+        # the copy's indexes are its own: placement, addresses, a change log from its version
+        assert list(pg.revisions(frozenset({"h2"}))) == ["i-store00002"]
+        assert pg.changes(pg.version()) == Changes(pg.version())
+        with pytest.raises(AddressTaken):
+            pg.put_instance(instance(9, ip=instance(2)["network-interfaces"][0][
+                "private-ipv4s"][0]), None)
         assert KeyRing(pg.token_keys()).verify(token, "i-store00001", now + 1)
 
         # a second copy into a fleet is refused, unless told to replace it

@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 
 from ecs_imds.errors import ValidationError
+from ecs_imds.protocol.model import HOST_ID
+from ecs_imds.store.base import DEFAULT_RETENTION
 
 DEFAULT_ENDPOINT = "http://100.100.100.200"
 DEFAULT_API_BIND = "127.0.0.1:9180"
@@ -81,6 +83,11 @@ class ApiSettings:
 class Config:
     data_dir: Path = field(default_factory=default_data_dir)
     store: str | None = None
+    # A PostgreSQL hot standby the change feed reads from (None: the store itself).
+    store_read: str | None = None
+    log_retention: float = DEFAULT_RETENTION
+    # The hosts whose instances this server serves (None: the whole fleet).
+    scope: frozenset[str] | None = None
     listeners: tuple[Listener, ...] = ()
     limits: Limits = field(default_factory=Limits)
     credentials: CredentialSettings = field(default_factory=CredentialSettings)
@@ -184,6 +191,43 @@ def _api(doc: Any) -> ApiSettings:
     return ApiSettings(bind=str(doc.get("bind") or DEFAULT_API_BIND), open_metrics=open_metrics)
 
 
+def _store(doc: Any) -> tuple[str | None, str | None, float]:
+    """`store: URL`, or `store: {url, read-url, change-log-retention}`."""
+    if doc is None or isinstance(doc, str):
+        return doc or None, None, DEFAULT_RETENTION
+    if not isinstance(doc, dict) or set(doc) - {"url", "read-url", "change-log-retention"}:
+        raise ValidationError("store", "must be a URL, or have url, read-url and "
+                              "change-log-retention")
+    url, read_url = doc.get("url"), doc.get("read-url")
+    for key, value in (("url", url), ("read-url", read_url)):
+        if value is not None and not isinstance(value, str):
+            raise ValidationError(f"store.{key}", "must be a URL")
+    if read_url and not (url or "").startswith(("postgresql://", "postgres://")):
+        raise ValidationError("store.read-url", "needs a PostgreSQL store.url (the primary "
+                              "the control plane writes to)")
+    if read_url and not read_url.startswith(("postgresql://", "postgres://")):
+        raise ValidationError("store.read-url", "must be a postgresql:// URL (a hot standby)")
+    retention = doc.get("change-log-retention", DEFAULT_RETENTION)
+    if isinstance(retention, bool) or not isinstance(retention, int | float) or retention < 0:
+        raise ValidationError("store.change-log-retention", "must be a number of seconds")
+    return url or None, read_url or None, float(retention)
+
+
+def _scope(doc: Any) -> frozenset[str] | None:
+    """`scope: {hosts: [HOST, …]}`: serve only the instances placed on those hosts."""
+    if doc is None:
+        return None
+    hosts = doc.get("hosts") if isinstance(doc, dict) and set(doc) == {"hosts"} else None
+    if not isinstance(hosts, list) or not hosts:
+        raise ValidationError("scope", "needs hosts: [the hosts (dedicated-host-id) whose "
+                              "instances this server serves]; leave scope out to serve all")
+    for i, host in enumerate(hosts):
+        if not isinstance(host, str) or not HOST_ID.fullmatch(host):
+            raise ValidationError(f"scope.hosts[{i}]", f"{host!r} is not a host id (letters, "
+                                  "digits, . _ : -)")
+    return frozenset(hosts)
+
+
 def load(path: Path | None, **overrides: Any) -> Config:
     """The config file (if any) with command-line overrides applied on top."""
     doc: dict[str, Any] = {}
@@ -192,8 +236,8 @@ def load(path: Path | None, **overrides: Any) -> Config:
         if loaded is not None and not isinstance(loaded, dict):
             raise ValidationError("", f"{path} must hold a mapping")
         doc = loaded or {}
-    known = {"data-dir", "store", "listeners", "limits", "credentials", "poll-interval",
-             "workers", "api", "audit-log", "access-log"}
+    known = {"data-dir", "store", "scope", "listeners", "limits", "credentials",
+             "poll-interval", "workers", "api", "audit-log", "access-log"}
     for key in doc:
         if key not in known:
             raise ValidationError(str(key), "is not a known setting")
@@ -208,9 +252,13 @@ def load(path: Path | None, **overrides: Any) -> Config:
     listeners = doc.get("listeners") or []
     if not isinstance(listeners, list):
         raise ValidationError("listeners", "must be a list")
+    store, store_read, retention = _store(doc.get("store"))
     config = Config(
         data_dir=Path(doc["data-dir"]) if doc.get("data-dir") else default_data_dir(),
-        store=doc.get("store"),
+        store=store,
+        store_read=store_read,
+        log_retention=retention,
+        scope=_scope(doc.get("scope")),
         listeners=tuple(_listener(d, f"listeners[{i}]") for i, d in enumerate(listeners)),
         limits=_section(doc, "limits", Limits, "limits"),
         credentials=creds,

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ecs_imds.protocol.model import HOST_ID
+
 _STR = {"type": "string"}
 _STRS = {"type": "array", "items": _STR}
 _MAP = {"type": "object", "additionalProperties": _STR}
@@ -64,6 +66,8 @@ INSTANCE: dict[str, Any] = {
         "instance-id": {"type": "string", "pattern": "^i-[a-z0-9]{1,40}$"},
         "instance-name": _STR, "hostname": _STR, "serial-number": _STR,
         **INHERITABLE,
+        "dedicated-host-id": {"type": "string", "pattern": f"^{HOST_ID.pattern}$",
+                              "description": "the host it runs on (placement)"},
         "last-host-landing-time": _STR, "image-product-code": _STR, "image-charge-type": _STR,
         "public-ipv4": _STR, "eipv4": _STR, "launch-index": {"type": "integer", "minimum": 0},
         "network-interfaces": {"type": "array", "items": NETWORK_INTERFACE, "minItems": 1},
@@ -142,6 +146,17 @@ class RamRole(_Alibaba):
 class RamRoleOut(BaseModel):
     InstanceId: str
     RamRoleName: str | None
+
+
+class Deployment(_Alibaba):
+    DedicatedHostId: str = Field(pattern=f"^{HOST_ID.pattern}$",
+                                 description="the host the instance runs on: servers scoped "
+                                             "to that host serve it")
+
+
+class DeploymentOut(BaseModel):
+    InstanceId: str
+    DedicatedHostId: str | None
 
 
 class UserData(_Alibaba):

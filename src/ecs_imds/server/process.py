@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import uvicorn
@@ -53,7 +54,7 @@ class Service:
     @classmethod
     def open(cls, config: Config) -> Service:
         """Open the store and everything secret; a bad setting fails here, before serving."""
-        store = open_store(config.store, config.data_dir)
+        store = open_store(config.store, config.data_dir, config.log_retention)
         keys.ensure_token_keys(store)
         identity = keys.identity_blob(store)
         service = cls(config, store, open_issuer(store, config.credentials),
@@ -129,7 +130,12 @@ class Service:
         metrics = self.metrics()
         # The API first: /readyz says "starting" while the first snapshot is built.
         api = await self._start_api(self.config.api, metrics) if self.config.api.enabled else None
-        builder = SnapshotBuilder(self.store, before_build=self._refresh_identity)
+        # The change feed reads from a hot standby when there is one; writes go to the store.
+        reads = self.store if self.config.store_read is None else await loop.run_in_executor(
+            None, partial(open_store, self.config.store_read, self.config.data_dir,
+                          replica=True))
+        builder = SnapshotBuilder(reads, before_build=self._refresh_identity,
+                                  scope=self.config.scope)
         first = await loop.run_in_executor(None, builder.build)
         fulfiller = Fulfiller(self.issuer, self.signer, loop)
         plane = DataPlane(first, self.config.limits, fulfiller,
@@ -158,6 +164,8 @@ class Service:
                 server.should_exit = True
                 await server.shutdown(sockets=[sock])
             feed.stop()
+            if reads is not self.store:
+                reads.close()
             await plane.stop()
             self.store.close()
 

@@ -5,9 +5,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ecs_imds.control.routes import fleet, health, instances, items, keys, options, tokens
+from ecs_imds.control.routes import (
+    fleet,
+    health,
+    instances,
+    items,
+    keys,
+    options,
+    placement,
+    tokens,
+)
 
 ROUTERS: tuple[APIRouter, ...] = (
-    instances.router, options.router, items.router, fleet.router, keys.router,
+    instances.router, options.router, items.router, placement.router, fleet.router,
+    keys.router,
     tokens.router, health.router,
 )
