@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,12 +55,18 @@ def topo() -> Iterator[Topology]:
         yield t
 
 
-@pytest.fixture(scope="session")
-def server(topo: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("e2e"), FLEET,
-                        [{"bind": f"{SERVER_IP}:80", "vpc-id": VPC}])
+def serve_in(topo: Topology, workdir: Path, fleet: dict[str, Any]) -> ServerProcess:
+    """A server for `fleet` in the topology's server namespace, on 100.100.100.200:80, its
+    control plane on a unix socket in `workdir`; started, and serving when this returns."""
+    srv = ServerProcess(workdir, fleet, [{"bind": f"{SERVER_IP}:80", "vpc-id": VPC}])
     srv.start(lambda argv, log: topo.server.popen(argv, stdout=log, stderr=subprocess.STDOUT))
     topo.server.wait_for_tcp(SERVER_IP, 80)
+    return srv
+
+
+@pytest.fixture(scope="session")
+def server(topo: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = serve_in(topo, tmp_path_factory.mktemp("e2e"), FLEET)
     yield srv
     srv.cleanup()
 

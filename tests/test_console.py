@@ -269,8 +269,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def api(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.api_url,
-                      headers={"Authorization": f"Bearer {server.token()}"}) as client:
+    with server.api().http as client:  # with the admin token
         yield client
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,11 +19,10 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
 from browser import PHONE, UnixDoor, chromium, page_errors, sign_in
-from e2e import CLIENT_ENV, ENDPOINT, TTL, nic
-from netns import SERVER_IP, Topology, require_root
+from e2e import CLIENT_ENV, ENDPOINT, TTL, nic, serve_in
+from netns import Topology, require_root
 from server import ServerProcess
 
-VPC = "vpc-e2etest0001"
 WEB, OTHER = "i-consoleweb", "i-consoleother"
 ROLE = "console-role"
 FLEET: dict[str, Any] = {
@@ -51,10 +49,7 @@ def topo() -> Iterator[Topology]:
 @pytest.fixture(scope="module")
 def server(topo: Topology, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("console"), FLEET,
-                        [{"bind": f"{SERVER_IP}:80", "vpc-id": VPC}])
-    srv.start(lambda argv, log: topo.server.popen(argv, stdout=log, stderr=subprocess.STDOUT))
-    topo.server.wait_for_tcp(SERVER_IP, 80)
+    srv = serve_in(topo, tmp_path_factory.mktemp("console"), FLEET)
     yield srv
     srv.cleanup()
 
