@@ -65,6 +65,7 @@ function route() {
 }
 
 async function live() {
+  if (document.hidden) return; // a tab in the background asks nothing; it catches up on return
   const indicator = $("live");
   indicator.hidden = false;
   try {
@@ -110,6 +111,7 @@ window.addEventListener("signed-out", () => {
   }
 });
 window.addEventListener("hashchange", route);
+document.addEventListener("visibilitychange", () => { if (session) live(); });
 
 if (token.get()) {
   startSession().catch((err) => showSignIn(err.message));

@@ -23,7 +23,7 @@ export function fleetPage(params) {
     Object.entries(MODES).filter(([key]) => key !== "invalid")
       .map(([key, label]) => h("option", { value: key, selected: filter.mode === key }, label)));
   const text = h("input", { name: "q", type: "search", placeholder: "id, name, address, tag, role, host…", value: filter.q, "aria-label": "search" });
-  const count = h("span", { class: "count", "data-testid": "count" });
+  const count = h("span", { class: "count" }, "loading…");
   const prev = h("button", { type: "button", disabled: true }, "‹ Previous");
   const next = h("button", { type: "button", disabled: true }, "Next ›");
   const body = h("tbody");
