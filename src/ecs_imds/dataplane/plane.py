@@ -19,7 +19,6 @@ import logging
 import resource
 import socket
 import time
-from collections import Counter
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 
@@ -111,7 +110,7 @@ class DataPlane:
         self.limiter = RateLimiter(limits.rate, limits.burst)
         self.simple_requests = SimpleRequests(limits.request_line, limits.headers)
         self.connections: set[HttpConnection] = set()
-        self.per_source: Counter[str] = Counter()
+        self.per_source: dict[str, int] = {}  # source address → connections open
         self.open = 0  # connections admitted and not yet ended
         budget = descriptor_budget()
         self.max_connections = min(limits.max_connections or budget, budget)
@@ -134,23 +133,22 @@ class DataPlane:
             self.warnings.warn("connections", "refused a connection from %s: %d connections "
                                "open, the most this server takes", source, self.max_connections)
             return False
-        if self.per_source[source] >= self.limits.connections_per_source \
-                and not listener.trusts(source):
+        per_source = self.per_source
+        count = per_source.get(source, 0)
+        if count >= self.limits.connections_per_source and not listener.trusts(source):
             self.warnings.warn("source", "refused a connection from %s: %d connections "
                                "open from it, the most one source may have", source,
                                self.limits.connections_per_source)
             return False
-        self.per_source[source] += 1
+        per_source[source] = count + 1
         self.open += 1
         return True
 
     def release(self, source: str) -> None:
         self.open -= 1
-        left = self.per_source[source] - 1
+        left = self.per_source.pop(source, 1) - 1
         if left > 0:
             self.per_source[source] = left
-        else:
-            del self.per_source[source]
 
     def connection(self, listener: ListenerState, source: str, first: bytes
                    ) -> HttpConnection:
