@@ -43,9 +43,14 @@ def pg_bin() -> Path:
 
 
 class PostgresCluster:
-    """initdb, start, stop, restart; `url(db)` is a psycopg URL of one database."""
+    """initdb, start, stop, restart; `url(db)` is a psycopg URL of one database.
 
-    def __init__(self, durable: bool = False) -> None:
+    With `primary`, the cluster is a hot standby of it instead: a base backup taken with
+    `pg_basebackup -R`, which then follows the primary by streaming replication (over the
+    primary's unix socket) until it is promoted."""
+
+    def __init__(self, durable: bool = False, primary: PostgresCluster | None = None,
+                 max_connections: int = 200) -> None:
         """`durable`: PostgreSQL's own defaults (fsync on), for benchmarks; the tests run
         without flushing to disk."""
         self.bin = pg_bin()
@@ -57,13 +62,20 @@ class PostgresCluster:
             user = pwd.getpwnam("postgres")
             os.chown(self.dir, user.pw_uid, user.pw_gid)
             self._as = ["runuser", "-u", "postgres", "--"]
+        if primary is not None:
+            self._run("pg_basebackup", "-D", str(self.data), "-R", "-X", "stream",
+                      "-c", "fast", "-h", str(primary.dir), "-p", str(primary.port),
+                      "-U", "postgres")
+            with (self.data / "postgresql.conf").open("a") as conf:  # its own socket
+                conf.write(f"unix_socket_directories = '{self.dir}'\n")
+            return
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
                   "--no-sync", "-E", "UTF8", "--locale=C.UTF-8")
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write(f"listen_addresses = ''\nunix_socket_directories = '{self.dir}'\n"
-                       f"port = {self.port}\nmax_connections = 200\n")
+                       f"port = {self.port}\nmax_connections = {max_connections}\n")
             if not durable:
-                conf.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
+                conf.write("fsync = off\nsynchronous_commit = off\n")
 
     def _run(self, tool: str, *args: str) -> None:
         result = subprocess.run([*self._as, str(self.bin / tool), *args], capture_output=True,
@@ -77,6 +89,19 @@ class PostgresCluster:
     def stop(self) -> None:
         """A fast shutdown: every client's connection is cut, as when the database dies."""
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def promote(self) -> None:
+        """A standby becomes a primary (what a failover does)."""
+        self._run("pg_ctl", "-D", str(self.data), "-w", "promote")
+
+    def replayed(self, primary: PostgresCluster) -> bool:
+        """Whether this standby has replayed everything the primary has written so far."""
+        with psycopg.connect(primary.url(), autocommit=True) as db:
+            row = db.execute("SELECT pg_current_wal_lsn()").fetchone()
+        with psycopg.connect(self.url(), autocommit=True) as db:
+            done = db.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn",
+                              (row[0] if row else "0/0",)).fetchone()
+        return bool(done and done[0])
 
     @property
     def running(self) -> bool:
