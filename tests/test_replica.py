@@ -144,7 +144,7 @@ def test_an_idle_server_holds_one_connection(
 def test_serving_goes_on_while_the_standby_is_down(
         clusters: tuple[PostgresCluster, PostgresCluster, str],
         servers: dict[str, ServerProcess]) -> None:
-    primary, standby, _ = clusters
+    _, standby, _ = clusters
     reader, follower = servers["reader"], servers["follower"]
     before = name_of(reader, 1)
     standby.stop()
