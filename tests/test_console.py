@@ -369,3 +369,22 @@ def test_no_inline_script_or_style_in_the_page() -> None:
             text = (STATIC / name).read_text()
             assert "innerHTML" not in text and "eval(" not in text, name
             assert "document.cookie" not in text, name
+
+
+def test_a_scoped_server_lists_the_fleet_and_says_what_it_serves(tmp_path: Path) -> None:
+    srv = demo_server(tmp_path, ALIASES, scope={"hosts": ["kvm-1"]})
+    try:
+        api = srv.api().http
+        assert api.put(f"/v1/instances/{WEB}/deployment",
+                       json={"DedicatedHostId": "kvm-1"}).status_code == 200
+        srv.wait_version(api.get("/v1/console/version").json()["store"])
+        fleet = api.get("/v1/console/fleet").json()
+        assert {i["instance-id"]: i["placement"] for i in fleet["instances"]} == {
+            WEB: "kvm-1", HARDENED_ID: None, SPOT: None}
+        served = api.get(f"/v1/console/instances/{WEB}").json()
+        assert served["served"] and served["with-token"][1]["status"] == 200
+        elsewhere = api.get(f"/v1/console/instances/{HARDENED_ID}").json()
+        assert elsewhere["served"] is False and "with-token" not in elsewhere
+        assert elsewhere["instance"]["mode"] == HARDENED  # still described, from the store
+    finally:
+        srv.cleanup()

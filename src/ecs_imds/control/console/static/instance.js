@@ -73,7 +73,7 @@ export function instancePage(id, session) {
         : h("span", { class: "muted" }, "none active")),
       ...fact("Revision", h("code", {}, data.etag)));
     if (!data.served) {
-      lag.textContent = "This server's snapshot does not hold the instance (yet): nothing is served to it here.";
+      lag.textContent = "This server's snapshot does not hold the instance: it is placed outside the server's scope, or was written a moment ago. Nothing is served to it here.";
     } else if (data.snapshot < data.revision) {
       lag.textContent = `The data plane serves snapshot ${data.snapshot}; the instance changed at ${data.revision}: the tree follows within a poll interval.`;
     } else {
