@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def call(ctx: ControlContext, router: APIRouter, method: str, path: str,
          **kwargs: Any) -> httpx.Response:
     """One request to an app holding only `router`, as the admin."""
     app = create_app(ctx, [router])
-    token = ctx.authority.issue("admin", "admin")
+    token, _ = ctx.authority.issue("admin", "admin", 60, int(time.time()))
 
     async def go() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
@@ -69,7 +70,7 @@ def call(ctx: ControlContext, router: APIRouter, method: str, path: str,
     (fleet.router, "GET", "/v1/defaults", None, 200, lambda j: "region-id" in j),
     (keys.router, "POST", "/v1/keys/token/rotate", None, 200, lambda j: j["KeyId"] == 2),
     (tokens.router, "POST", "/v1/api-tokens", {"Name": "ci"}, 201,
-     lambda j: j["Token"].startswith("read.ci.")),
+     lambda j: j["Token"].startswith(f"read.ci.{j['Id']}.")),
     (health.router, "GET", "/healthz", None, 200, lambda j: j == {"status": "ok"}),
 ])
 def test_each_router_works_alone(ctx: ControlContext, router: APIRouter, method: str,

@@ -238,7 +238,7 @@ def test_a_key_rotation_reaches_every_server(hosts: tuple[FleetHost, FleetHost],
     one, two = hosts
     s1, _ = servers
     _, before = token(two, "a")
-    s1.admin("rotate-token-key")
+    s1.admin("rotate", "token-key")
     wait_for(lambda: kid(token(two, "a")[1]) == kid(before) + 1)
     wait_for(lambda: kid(token(one, "a")[1]) == kid(before) + 1)
     # tokens minted with the old key stay valid everywhere

@@ -77,6 +77,9 @@ class ApiSettings:
     unix: str | None = None
     enabled: bool = True
     open_metrics: bool = False  # /metrics without a token, for scrapers
+    token_lifetime: int = 30 * 86400  # seconds an API token lives unless asked otherwise
+    token_max_lifetime: int = 365 * 86400  # the longest it may be asked to live
+    body_limit: int = 256 * 1024 * 1024  # bytes of a request body: ~300k instances as JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,16 +182,23 @@ def _section(doc: dict[str, Any], name: str, cls: Any, where: str) -> Any:
 def _api(doc: Any) -> ApiSettings:
     if doc is False:
         return ApiSettings(enabled=False)
-    if not isinstance(doc, dict) or set(doc) - {"bind", "unix", "open-metrics"}:
+    if not isinstance(doc, dict):
         raise ValidationError("api", "must be false or have bind: ADDRESS:PORT or unix: PATH")
+    settings: ApiSettings = _section(
+        {"api": {k: v for k, v in doc.items() if k not in ("bind", "unix")}}, "api",
+        ApiSettings, "api")
+    if not isinstance(settings.open_metrics, bool):
+        raise ValidationError("api.open-metrics", "must be true or false")
+    for key in ("token-lifetime", "token-max-lifetime", "body-limit"):
+        if getattr(settings, key.replace("-", "_")) < 1:
+            raise ValidationError(f"api.{key}", "must be at least 1")
+    if settings.token_lifetime > settings.token_max_lifetime:
+        raise ValidationError("api.token-lifetime", "must not exceed api.token-max-lifetime")
     if doc.get("bind"):
         parse_bind(str(doc["bind"]), "api.bind")
-    open_metrics = doc.get("open-metrics", False)
-    if not isinstance(open_metrics, bool):
-        raise ValidationError("api.open-metrics", "must be true or false")
     if doc.get("unix"):
-        return ApiSettings(bind=None, unix=str(doc["unix"]), open_metrics=open_metrics)
-    return ApiSettings(bind=str(doc.get("bind") or DEFAULT_API_BIND), open_metrics=open_metrics)
+        return replace(settings, bind=None, unix=str(doc["unix"]))
+    return replace(settings, bind=str(doc.get("bind") or DEFAULT_API_BIND))
 
 
 def _store(doc: Any) -> tuple[str | None, str | None, float]:

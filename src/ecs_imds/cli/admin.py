@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
+from ecs_imds.cli.tables import pairs, printable, show, table
 from ecs_imds.clients.control import AdminClient
 from ecs_imds.config import Config, load
 from ecs_imds.control import fleet
@@ -41,6 +42,7 @@ class Admin:
         self.ctx = ctx
         self._url, self._token = url, token
         self.as_json = as_json
+        self.wide = False
         self._client: AdminClient | None = None
 
     @property
@@ -64,23 +66,35 @@ class Admin:
         try:
             return self.client.json(method, path, **kwargs)
         except ControlPlaneError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(printable(exc)) from None
 
-    def show(self, data: Any, table: Callable[[Any], Table | str] | None = None) -> None:
-        if self.as_json or table is None:
+    def show(self, data: Any, shown: Callable[[Any], Table] | None = None) -> None:
+        """`data` as JSON (`--json`), or as the table `shown` makes of it."""
+        if self.as_json or shown is None:
             click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         else:
-            Console().print(table(data))
+            show(shown(data), self.wide)
 
 
 pass_admin = click.make_pass_decorator(Admin)
 
 
-def _pairs(title: str, data: dict[str, Any]) -> Table:
-    table = Table(title=title, show_header=False)
-    for key, value in data.items():
-        table.add_row(str(key), "" if value is None else str(value))
-    return table
+def _setting(name: str) -> Callable[[click.Context, click.Parameter, bool], None]:
+    def set_on_admin(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+        if value:
+            setattr(ctx.find_object(Admin), name, True)
+
+    return set_on_admin
+
+
+def output(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--json` and `--wide` on a command itself: `admin instance list --json` works as
+    well as `admin --json instance list`."""
+    command = click.option("--json", "as_json", is_flag=True, expose_value=False,
+                           callback=_setting("as_json"),
+                           help="Print JSON instead of tables.")(command)
+    return click.option("--wide", is_flag=True, expose_value=False, callback=_setting("wide"),
+                        help="Print every column of a table in full.")(command)
 
 
 @click.group()
@@ -127,6 +141,7 @@ def import_(adm: Admin, file: str, replace: bool) -> None:
 
 
 @admin.command("export")
+@output
 @pass_admin
 def export(adm: Admin) -> None:
     """Write the fleet out in the form `import` reads (YAML; JSON with --json)."""
@@ -139,6 +154,7 @@ def defaults() -> None:
 
 
 @defaults.command("get")
+@output
 @pass_admin
 def defaults_get(adm: Admin) -> None:
     click.echo(fleet.dump(adm.call("GET", "/v1/defaults"), adm.as_json), nl=False)
@@ -160,16 +176,18 @@ def instance() -> None:
 
 
 def _instances_table(data: dict[str, Any]) -> Table:
-    table = Table("instance-id", "name", "vpc-id", "private-ipv4", "ram-role", "tokens")
+    rows = []
     for doc in data["instances"]:
         nic = doc["network-interfaces"][0]
         opts = doc.get("metadata-options") or {}
-        table.add_row(doc["instance-id"], doc.get("instance-name", ""), nic["vpc-id"],
-                      nic["private-ipv4s"][0], doc.get("ram-role", ""),
-                      opts.get("http-tokens", "(default)"))
+        rows.append([doc["instance-id"], doc.get("instance-name", ""), nic["vpc-id"],
+                     nic["private-ipv4s"][0], doc.get("ram-role", ""),
+                     opts.get("http-tokens", "(default)")])
+    shown = table(["instance-id", "name", "vpc-id", "private-ipv4", "ram-role", "tokens"],
+                  rows, ids=["instance-id", "vpc-id", "private-ipv4", "ram-role"])
     if data["next-page-token"]:
-        table.caption = f"more: --page-token {data['next-page-token']}"
-    return table
+        shown.caption = f"more: --page-token {printable(data['next-page-token'])}"
+    return shown
 
 
 @instance.command("list")
@@ -178,6 +196,7 @@ def _instances_table(data: dict[str, Any]) -> Table:
 @click.option("--tag", help="KEY or KEY=VALUE")
 @click.option("--page-size", type=click.IntRange(1, 1000), default=100, show_default=True)
 @click.option("--page-token")
+@output
 @pass_admin
 def instance_list(adm: Admin, /, **filters: Any) -> None:
     params = {k.replace("_", "-"): v for k, v in filters.items() if v is not None}
@@ -186,6 +205,7 @@ def instance_list(adm: Admin, /, **filters: Any) -> None:
 
 @instance.command("get")
 @click.argument("instance_id")
+@output
 @pass_admin
 def instance_get(adm: Admin, instance_id: str) -> None:
     click.echo(fleet.dump(adm.call("GET", f"/v1/instances/{instance_id}"), adm.as_json),
@@ -218,6 +238,7 @@ def instance_delete(adm: Admin, instance_id: str) -> None:
 @click.option("--http-tokens", type=click.Choice(["optional", "required"]))
 @click.option("--hop-limit", type=int, help="http-put-response-hop-limit, 1-64")
 @click.option("--instance-metadata-tags", type=click.Choice(["enabled", "disabled"]))
+@output
 @pass_admin
 def options(adm: Admin, instance_id: str, http_endpoint: str | None, http_tokens: str | None,
             hop_limit: int | None, instance_metadata_tags: str | None) -> None:
@@ -228,13 +249,14 @@ def options(adm: Admin, instance_id: str, http_endpoint: str | None, http_tokens
             if v is not None}
     path = f"/v1/instances/{instance_id}/metadata-options"
     data = adm.call("PATCH", path, json=body) if body else adm.call("GET", path)
-    adm.show(data, lambda d: _pairs("metadata options", d))
+    adm.show(data, lambda d: pairs("metadata options", d))
 
 
 @admin.command("role")
 @click.argument("instance_id")
 @click.argument("role_name", required=False)
 @click.option("--detach", is_flag=True)
+@output
 @pass_admin
 def role(adm: Admin, instance_id: str, role_name: str | None, detach: bool) -> None:
     """Attach ROLE_NAME to an instance (AttachInstanceRamRole), or --detach it."""
@@ -243,7 +265,7 @@ def role(adm: Admin, instance_id: str, role_name: str | None, detach: bool) -> N
         raise click.UsageError("give ROLE_NAME or --detach")
     data = (adm.call("DELETE", path) if detach
             else adm.call("PUT", path, json={"RamRoleName": role_name}))
-    adm.show(data, lambda d: _pairs("RAM role", d))
+    adm.show(data, lambda d: pairs("RAM role", d))
 
 
 @admin.command("user-data")
@@ -271,6 +293,7 @@ def user_data(adm: Admin, instance_id: str, source: Any, delete: bool) -> None:
 @click.argument("instance_id")
 @click.argument("tags", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--remove", "remove", multiple=True, metavar="KEY")
+@output
 @pass_admin
 def tags(adm: Admin, instance_id: str, tags: tuple[str, ...], remove: tuple[str, ...]) -> None:
     """Show tags, set KEY=VALUE pairs (others kept), or --remove KEY."""
@@ -286,7 +309,7 @@ def tags(adm: Admin, instance_id: str, tags: tuple[str, ...], remove: tuple[str,
         data = adm.call("PUT", path, json={"Tags": new})
     for key in remove:
         data = adm.call("DELETE", f"{path}/{key}")
-    adm.show(data, lambda d: _pairs(f"tags of {instance_id}", d["Tags"]))
+    adm.show(data, lambda d: pairs(f"tags of {instance_id}", d["Tags"]))
 
 
 def _utc(ts: float) -> str:
@@ -299,6 +322,7 @@ def _utc(ts: float) -> str:
 @click.option("--in", "in_", type=click.IntRange(0), metavar="SECONDS",
               help="Reclaim this many seconds from now.")
 @click.option("--cancel", is_flag=True, help="No reclaim scheduled any more.")
+@output
 @pass_admin
 def spot(adm: Admin, instance_id: str, at: str | None, in_: int | None, cancel: bool) -> None:
     """Schedule (or cancel) a spot instance's reclaim: `instance/spot/termination-time`."""
@@ -310,7 +334,7 @@ def spot(adm: Admin, instance_id: str, at: str | None, in_: int | None, cancel: 
     else:
         when = at or _utc(time.time() + (in_ or 0))
         data = adm.call("PUT", path, json={"TerminationTime": when})
-    adm.show(data, lambda d: _pairs("spot reclaim", d))
+    adm.show(data, lambda d: pairs("spot reclaim", d))
 
 
 @admin.group()
@@ -320,16 +344,13 @@ def event() -> None:
 
 @event.command("list")
 @click.argument("instance_id")
+@output
 @pass_admin
 def event_list(adm: Admin, instance_id: str) -> None:
-    def table(data: dict[str, Any]) -> Table:
-        t = Table("EventId", "EventType", "EventCycleStatus", "NotBefore", "Reason")
-        for e in data["Events"]:
-            t.add_row(*(e[k] for k in ("EventId", "EventType", "EventCycleStatus",
-                                       "NotBefore", "Reason")))
-        return t
-
-    adm.show(adm.call("GET", f"/v1/instances/{instance_id}/events"), table)
+    columns = ["EventId", "EventType", "EventCycleStatus", "NotBefore", "Reason"]
+    adm.show(adm.call("GET", f"/v1/instances/{instance_id}/events"),
+             lambda data: table(columns, ([e[k] for k in columns] for e in data["Events"]),
+                                ids=["EventId"]))
 
 
 @event.command("add")
@@ -340,6 +361,7 @@ def event_list(adm: Admin, instance_id: str) -> None:
 @click.option("--reason", default="", help="Why (free text).")
 @click.option("--status", default="Scheduled", show_default=True, help="EventCycleStatus.")
 @click.option("--id", "event_id", help="EventId; default a new e-… id.")
+@output
 @pass_admin
 def event_add(adm: Admin, instance_id: str, event_type: str, not_before: str | None,
               reason: str, status: str, event_id: str | None) -> None:
@@ -362,20 +384,55 @@ def event_cancel(adm: Admin, instance_id: str, event_id: str) -> None:
 
 
 # -- keys, identity, credentials, health -------------------------------------------------------
-@admin.command("rotate-token-key")
+@admin.group()
+def rotate() -> None:
+    """Replace a key or secret of the fleet (every server takes it within a poll interval)."""
+
+
+@rotate.command("token-key")
+@output
 @pass_admin
 def rotate_token_key(adm: Admin) -> None:
-    """Mint new tokens with a new key; tokens of older keys stay valid until they expire."""
+    """Mint instance tokens with a new key; tokens of older keys stay valid until they
+    expire."""
     data = adm.call("POST", "/v1/keys/token/rotate")
     click.echo(json.dumps(data) if adm.as_json else f"token key {data['KeyId']} now mints")
 
 
-@admin.command("rotate-identity-key")
+@rotate.command("identity-key")
+@output
 @pass_admin
 def rotate_identity_key(adm: Admin) -> None:
     """A new identity signing key and certificate (publish the new `identity-cert`)."""
-    adm.call("POST", "/v1/keys/identity/rotate")
-    click.echo("identity key rotated", err=True)
+    data = adm.call("POST", "/v1/keys/identity/rotate")
+    click.echo(json.dumps(data) if adm.as_json else "identity key rotated")
+
+
+@rotate.command("api-secret")
+@output
+@pass_admin
+def rotate_api_secret(adm: Admin) -> None:
+    """A new secret for API tokens: every API token issued before is refused, on every
+    server; each server writes a new admin token file on its host."""
+    data = adm.call("POST", "/v1/keys/api-secret/rotate")
+    if adm.as_json:
+        click.echo(json.dumps(data))
+        return
+    where = data["AdminTokenFile"] or "the data dir of each server"
+    click.echo(f"API secret rotated: every API token issued before is refused.\n"
+               f"A new admin token is in {printable(where)} (on the server's host); "
+               f"issue others with `ecs-imds admin token create`.")
+
+
+@rotate.command("credentials")
+@output
+@pass_admin
+def rotate_credentials(adm: Admin) -> None:
+    """A new secret for the builtin RAM credential issuer: every instance is served new
+    credentials at once, and the old ones no longer verify."""
+    data = adm.call("POST", "/v1/keys/credentials/rotate")
+    click.echo(json.dumps(data) if adm.as_json else
+               "credential secret rotated: instances are served new RAM credentials")
 
 
 @admin.command("identity-cert")
@@ -385,12 +442,13 @@ def identity_cert(adm: Admin) -> None:
     try:
         click.echo(adm.client.request("GET", "/v1/identity/certificate").text, nl=False)
     except ControlPlaneError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(printable(exc)) from None
 
 
 @admin.command("verify-credential")
 @click.argument("access_key_id")
 @click.argument("security_token")
+@output
 @pass_admin
 def verify_credential(adm: Admin, access_key_id: str, security_token: str) -> None:
     """Say which instance and role a builtin RAM credential belongs to, and if it is valid."""
@@ -400,23 +458,64 @@ def verify_credential(adm: Admin, access_key_id: str, security_token: str) -> No
         click.echo(json.dumps(data))
     else:
         state = "valid" if data["Valid"] else "expired"
-        click.echo(f"instance {data['InstanceId']} role {data['RoleName']} issued "
-                   f"{data['LastUpdated']} expires {data['Expiration']}: {state}")
+        click.echo(printable(f"instance {data['InstanceId']} role {data['RoleName']} issued "
+                             f"{data['LastUpdated']} expires {data['Expiration']}: {state}"))
     if not data["Valid"]:
         adm.ctx.exit(1)
 
 
-@admin.command("api-token")
+@admin.group()
+def token() -> None:
+    """Bearer tokens for the API: create, list, revoke."""
+
+
+@token.command("create")
 @click.argument("name")
 @click.option("--scope", type=click.Choice(["read", "admin"]), default="read",
               show_default=True)
+@click.option("--lifetime", type=click.IntRange(1), metavar="SECONDS",
+              help="How long it is valid (default and maximum: the server's "
+                   "api.token-lifetime and api.token-max-lifetime).")
+@output
 @pass_admin
-def api_token(adm: Admin, name: str, scope: str) -> None:
-    """Issue a bearer token for the API (read-only by default)."""
-    click.echo(adm.call("POST", "/v1/api-tokens", json={"Name": name, "Scope": scope})["Token"])
+def token_create(adm: Admin, name: str, scope: str, lifetime: int | None) -> None:
+    """Issue a bearer token for the API (read-only by default); prints the token."""
+    body: dict[str, Any] = {"Name": name, "Scope": scope}
+    if lifetime is not None:
+        body["Lifetime"] = lifetime
+    data = adm.call("POST", "/v1/api-tokens", json=body)
+    if adm.as_json:
+        click.echo(json.dumps(data))
+    else:
+        click.echo(data["Token"])
+        click.echo(f"token {data['Id']} ({scope}) expires {data['Expiration']}", err=True)
+
+
+_TOKEN_COLUMNS = ["Id", "Name", "Scope", "State", "Issued", "Expiration", "Revoked"]
+
+
+@token.command("list")
+@output
+@pass_admin
+def token_list(adm: Admin) -> None:
+    """Every API token issued (never the tokens themselves): id, name, scope, state."""
+    adm.show(adm.call("GET", "/v1/api-tokens"),
+             lambda data: table(_TOKEN_COLUMNS, ([t[k] for k in _TOKEN_COLUMNS]
+                                                 for t in data["Tokens"]), ids=["Id"]))
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@output
+@pass_admin
+def token_revoke(adm: Admin, token_id: str) -> None:
+    """Refuse one API token from now on, on every server (TOKEN_ID from `token list`)."""
+    data = adm.call("DELETE", f"/v1/api-tokens/{token_id}")
+    adm.show(data, lambda d: pairs("revoked", d))
 
 
 @admin.command("status")
+@output
 @pass_admin
 def status(adm: Admin) -> None:
     """Is the server ready, and how fresh is its snapshot?"""
@@ -425,7 +524,7 @@ def status(adm: Admin) -> None:
         data = client.http.get("/readyz").json()
     except Exception as exc:  # any failure to reach it is the answer
         raise click.ClickException(f"control plane unreachable: {exc}") from None
-    adm.show(data, lambda d: _pairs("status", d))
+    adm.show(data, lambda d: pairs("status", d))
     if not data.get("ready"):
         adm.ctx.exit(1)
 

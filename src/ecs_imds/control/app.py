@@ -12,6 +12,7 @@ nobody declared public is protected, whoever adds it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,6 +22,7 @@ from fastapi.responses import Response
 
 from ecs_imds.control.context import ControlContext
 from ecs_imds.control.http import error, install_error_handlers
+from ecs_imds.control.limits import BodyLimits
 from ecs_imds.control.routes import ROUTERS, docs
 
 DESCRIPTION = ("Operate the fleet an ECS instance metadata service serves. Every request "
@@ -35,16 +37,18 @@ def create_app(ctx: ControlContext, routers: Iterable[APIRouter] = ROUTERS) -> F
     app = FastAPI(title="ecs-imds control plane", version="1", description=DESCRIPTION,
                   docs_url=None, redoc_url=None)
     app.state.control = ctx
-    app.state.public_paths = {*PUBLIC_PATHS, *(["/metrics"] if ctx.open_metrics else [])}
+    app.state.public_paths = {*PUBLIC_PATHS,
+                              *(["/metrics"] if ctx.settings.open_metrics else [])}
     app.state.public_prefixes = list(PUBLIC_PREFIXES)
+    app.add_middleware(BodyLimits, limit=ctx.settings.body_limit)
 
-    @app.middleware("http")
+    @app.middleware("http")  # added last, so it runs first: no body is read for a stranger
     async def authenticate(request: Request, call_next: Any) -> Response:
         path = request.url.path
         if path in app.state.public_paths or path.startswith(tuple(app.state.public_prefixes)):
             response: Response = await call_next(request)
             return response
-        principal = ctx.authority.check(request.headers.get("authorization"))
+        principal = ctx.authority.check(request.headers.get("authorization"), time.time())
         if principal is None:
             return error(401, "Unauthorized", "a valid bearer token is required",
                          {"WWW-Authenticate": "Bearer"})
@@ -69,8 +73,8 @@ def openapi(app: FastAPI) -> dict[str, Any]:
                           routes=app.routes)
         doc.setdefault("components", {})["securitySchemes"] = {SCHEME: {
             "type": "http", "scheme": "bearer",
-            "description": "An API token: `<data-dir>/admin.token`, or `ecs-imds admin "
-                           "token create`"}}
+            "description": "An API token: `<data-dir>/admin.token` on the server's host, "
+                           "or one from `ecs-imds admin token create`"}}
         doc["security"] = [{SCHEME: []}]
         for path, operations in doc.get("paths", {}).items():
             if path in app.state.public_paths:

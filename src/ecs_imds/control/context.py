@@ -14,10 +14,13 @@ import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 from fastapi import Depends, Request
 
+from ecs_imds.config import ApiSettings
+from ecs_imds.control import auth
 from ecs_imds.control.audit import Audit
 from ecs_imds.control.auth import Authority, Principal
 from ecs_imds.metrics import Metrics
@@ -35,8 +38,11 @@ STORE_THREADS = 8
 @dataclass
 class ControlContext:
     """The store, the token authority, the served snapshot (None until the first is built),
-    the audit log, the metrics, the RAM credential issuer (None: none to verify), and
-    whether /metrics is open to scrapers without a token."""
+    the audit log, the metrics, the RAM credential issuer (None: none to verify), the API's
+    settings; and two duties of the server around it: `reload_secrets` takes rotated
+    secrets into the data plane at once (every other server of the fleet takes them when
+    its change feed hears of them), `admin_token` keeps this host's admin token file valid
+    (returning its path; None where no file is kept)."""
 
     store: Store
     authority: Authority
@@ -44,7 +50,9 @@ class ControlContext:
     metrics: Metrics
     audit: Audit
     issuer: Callable[[], Issuer | None] = lambda: None
-    open_metrics: bool = False
+    settings: ApiSettings = field(default_factory=ApiSettings)
+    reload_secrets: Callable[[], None] = lambda: None
+    admin_token: Callable[[], Path | None] = lambda: None
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
         STORE_THREADS, thread_name_prefix="control-store"))
 
@@ -52,6 +60,12 @@ class ControlContext:
         """`func(*args, **kwargs)` (store work) on the control plane's store threads."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(func, *args, **kwargs))
+
+    def reload(self) -> None:
+        """After a rotation or revocation here: the API's secret and revoked tokens, and the
+        data plane's secrets, as the store has them now (store work: call it on a thread)."""
+        auth.refresh(self.store, self.authority)
+        self.reload_secrets()
 
     def record(self, request: Request, action: str, target: str, **details: Any) -> None:
         """An audit line for a change made by the request's principal."""

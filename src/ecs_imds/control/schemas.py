@@ -210,12 +210,39 @@ class SystemEvents(BaseModel):
 class ApiTokenIn(_Alibaba):
     Name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     Scope: str = Field("read", pattern=r"^(admin|read)$")
+    Lifetime: int | None = Field(None, ge=1, description="seconds; default and maximum: "
+                                 "api.token-lifetime and api.token-max-lifetime")
 
 
 class ApiTokenOut(BaseModel):
+    Id: str
     Name: str
     Scope: str
+    Expiration: str
     Token: str
+
+
+class ApiTokenInfo(BaseModel):
+    """A token as recorded: never the token itself."""
+
+    Id: str
+    Name: str
+    Scope: str
+    Issued: str
+    Expiration: str
+    Revoked: str | None
+    State: str = Field(description="valid, expired, revoked, or rotated (its secret was)")
+
+
+class ApiTokens(BaseModel):
+    Tokens: list[ApiTokenInfo]
+
+
+class SecretRotated(BaseModel):
+    Version: int
+    Token: str = Field(description="a new admin token for the caller: every older token "
+                                   "is refused from now on")
+    AdminTokenFile: str | None = Field(description="rewritten on the server's host")
 
 
 class TokenKeyOut(BaseModel):

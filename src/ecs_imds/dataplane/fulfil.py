@@ -103,6 +103,13 @@ class Fulfiller:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
+    def use_issuer(self, issuer: Issuer | None) -> None:
+        """Another issuer from now on (the builtin one with a rotated secret): nothing the
+        old one issued is served again."""
+        self.issuer = issuer
+        self._credentials.clear()
+        self._failures.clear()
+
     def answer(self, need: NeedCredentials | NeedSignature, now: float) -> Answer | Pending:
         """The answer to a need, or a future of it."""
         if isinstance(need, NeedCredentials):

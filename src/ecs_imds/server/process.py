@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -17,10 +18,10 @@ import uvloop
 from fastapi import FastAPI
 
 from ecs_imds.config import ApiSettings, Config, parse_bind
-from ecs_imds.control import console
+from ecs_imds.control import auth, console
 from ecs_imds.control.app import create_app
 from ecs_imds.control.audit import Audit, json_logger
-from ecs_imds.control.auth import SECRET_NAME, Authority, new_secret, write_admin_token
+from ecs_imds.control.auth import SECRET_NAME, Authority, new_secret
 from ecs_imds.control.context import ControlContext
 from ecs_imds.control.routes import ROUTERS
 from ecs_imds.dataplane.fulfil import Fulfiller
@@ -50,6 +51,7 @@ class Service:
     worker: int = 0
     plane: DataPlane | None = field(default=None, init=False)
     _identity: bytes = field(default=b"", init=False)
+    _credential_secret: bytes = field(default=b"", init=False)
 
     @classmethod
     def open(cls, config: Config) -> Service:
@@ -57,26 +59,44 @@ class Service:
         store = open_store(config.store, config.data_dir, config.log_retention)
         keys.ensure_token_keys(store)
         identity = keys.identity_blob(store)
+        authority = Authority(store.secret(SECRET_NAME, new_secret))
+        auth.refresh(store, authority)
         service = cls(config, store, open_issuer(store, config.credentials),
-                      keys.identity_signer(store, identity),
-                      Authority(store.secret(SECRET_NAME, new_secret)))
+                      keys.identity_signer(store, identity), authority)
         service._identity = identity
+        service._credential_secret = keys.credential_secret(store)
         return service
 
-    def admin_token(self) -> Path | None:
-        """Write the admin token on first start; its path when it was written now."""
-        token = self.authority.issue("admin", "admin")
+    def admin_token(self) -> Path:
+        """Keep the admin token file holding a valid token (written on first start, again
+        when the API secret was rotated or the token nears its expiry); its path."""
         path = self.config.admin_token_path
-        return path if write_admin_token(path, token) else None
+        if auth.ensure_admin_token(self.store, self.authority, path,
+                                   self.config.api.token_max_lifetime, int(time.time())):
+            log.info("admin token for the control plane written to %s", path)
+        return path
 
-    def _refresh_identity(self) -> None:
-        """Before each snapshot: pick up a rotated identity key."""
+    def reload_secrets(self) -> None:
+        """Before each snapshot of a change to the fleet's keys (and right after this
+        server rotated one): take a rotated identity key, credential secret or API secret,
+        and revoked API tokens. Runs off the event loop."""
         blob = keys.identity_blob(self.store)
         if blob != self._identity:
             self.signer = keys.identity_signer(self.store, blob)
             self._identity = blob
             if self.plane is not None:
                 self.plane.fulfiller.signer = self.signer
+        secret = keys.credential_secret(self.store)
+        if secret != self._credential_secret and self.config.credentials.issuer == "builtin":
+            self.issuer = open_issuer(self.store, self.config.credentials)
+            self._credential_secret = secret
+            if self.plane is not None:  # the fulfiller lives on the event loop
+                fulfiller = self.plane.fulfiller
+                fulfiller.loop.call_soon_threadsafe(fulfiller.use_issuer, self.issuer)
+            log.warning("credential secret rotated: new RAM credentials served")
+        if auth.refresh(self.store, self.authority) and self.config.api.enabled:
+            log.warning("API secret rotated: every API token issued before is refused")
+            self.admin_token()
 
     def metrics(self) -> Metrics:
         return Metrics(lambda: self.plane.snapshot if self.plane else None,
@@ -90,7 +110,8 @@ class Service:
             metrics=metrics,
             audit=Audit(json_logger("ecs_imds.audit", self.config.audit_path),
                         self.config.audit_path),
-            issuer=lambda: self.issuer, open_metrics=self.config.api.open_metrics)
+            issuer=lambda: self.issuer, settings=self.config.api,
+            reload_secrets=self.reload_secrets, admin_token=self.admin_token)
         app = create_app(ctx, (*ROUTERS, *console.ROUTERS))
         app.state.public_prefixes.append(console.PREFIX)  # the console's page: no data
         return app
@@ -134,7 +155,7 @@ class Service:
         reads = self.store if self.config.store_read is None else await loop.run_in_executor(
             None, partial(open_store, self.config.store_read, self.config.data_dir,
                           replica=True))
-        builder = SnapshotBuilder(reads, before_build=self._refresh_identity,
+        builder = SnapshotBuilder(reads, before_build=self.reload_secrets,
                                   scope=self.config.scope)
         first = await loop.run_in_executor(None, builder.build)
         fulfiller = Fulfiller(self.issuer, self.signer, loop)
@@ -150,15 +171,17 @@ class Service:
         feed.start()
         await plane.start(list(zip(listeners, sockets, strict=True)))
         self.plane = plane
-        publishing = asyncio.create_task(self._publish(metrics)) if self.board else None
+        chores = [asyncio.create_task(self._publish(metrics))] if self.board else []
+        if self.config.api.enabled:
+            chores.append(asyncio.create_task(self._keep_admin_token()))
         stop = stop or asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
             await stop.wait()
         finally:
-            if publishing is not None:
-                publishing.cancel()
+            for chore in chores:
+                chore.cancel()
             if api is not None:
                 server, sock = api
                 server.should_exit = True
@@ -176,10 +199,18 @@ class Service:
             metrics.publish()
             await asyncio.sleep(every)
 
+    async def _keep_admin_token(self, every: float = 3600.0) -> None:
+        """Each hour, renew the admin token file if it nears its expiry."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await loop.run_in_executor(None, self.admin_token)
+            except Exception as exc:  # the store is away: the next hour will do
+                log.warning("could not renew the admin token file: %s", exc)
+
     def run(self) -> None:
-        written = self.admin_token()
-        if written is not None:
-            log.info("admin token for the control plane written to %s", written)
+        self.admin_token()
         if self.config.workers <= 1:
             uvloop.run(self.serve())
             return

@@ -258,6 +258,9 @@ class Store(Protocol):
     def set_secret(self, name: str, value: bytes) -> int:
         """Replace a named secret (a key rotation); bumps the version."""
 
+    def secrets_named(self, prefix: str) -> dict[str, bytes]:
+        """Every named secret whose name starts with `prefix` (e.g. the API token records)."""
+
     def subscribe(self) -> Subscription | None:
         """Change notices from now on, or None when this store has none (it is polled)."""
 

@@ -57,3 +57,8 @@ def rotate_token_key(store: Store, now: int | None = None) -> TokenKey:
 def credential_secret(store: Store) -> bytes:
     """The builtin issuer's secret (RAM credentials are derived from it)."""
     return store.secret(CREDENTIALS, lambda: os.urandom(32))
+
+
+def rotate_credentials(store: Store) -> int:
+    """A new secret for the builtin issuer: every credential derived from the old one is void."""
+    return store.set_secret(CREDENTIALS, os.urandom(32))

@@ -531,6 +531,12 @@ WHERE key = 'log-floor' AND (SELECT v FROM cut) IS NOT NULL""", (self.retention,
             assert row is not None
             return bytes(row[0])
 
+    def secrets_named(self, prefix: str) -> dict[str, bytes]:
+        with self._pool.connection() as conn:
+            rows = conn.execute("SELECT name, value FROM secrets WHERE starts_with(name, %s)",
+                                (prefix,))
+            return {name: bytes(value) for name, value in rows}
+
     def set_secret(self, name: str, value: bytes) -> int:
         with self._write() as (conn, version):
             conn.execute("INSERT INTO secrets VALUES (%s, %s) ON CONFLICT (name) DO UPDATE "

@@ -344,6 +344,11 @@ class SQLiteStore:
             db.execute("INSERT INTO secrets VALUES (?, ?)", (name, value))
             return value
 
+    def secrets_named(self, prefix: str) -> dict[str, bytes]:
+        rows = self._db().execute("SELECT name, value FROM secrets "
+                                  "WHERE substr(name, 1, ?) = ?", (len(prefix), prefix))
+        return {name: bytes(value) for name, value in rows}
+
     def subscribe(self) -> None:
         """SQLite cannot tell other processes what changed: the change feed polls."""
         return None

@@ -64,3 +64,14 @@ async def verify_credential(body: s.CredentialIn, ctx: Ctx) -> s.CredentialVerdi
     return s.CredentialVerdict(InstanceId=verdict.instance_id, RoleName=verdict.role,
                                LastUpdated=format_time(verdict.issued),
                                Expiration=format_time(verdict.expires), Valid=verdict.valid)
+
+
+@router.post("/v1/keys/credentials/rotate", response_model=s.Rotated, responses=responses(),
+             operation_id="RotateCredentialSecret")
+async def rotate_credentials(request: Request, ctx: Ctx) -> s.Rotated:
+    """A new secret for the builtin issuer: every instance is served new RAM credentials at
+    once, and the old ones no longer verify (they are no credentials of this fleet)."""
+    version = await ctx.run(keys.rotate_credentials, ctx.store)
+    await ctx.run(ctx.reload)
+    ctx.record(request, "rotate-credential-secret", "credentials")
+    return s.Rotated(Version=version)
