@@ -176,7 +176,7 @@ def test_a_conflicting_cli_edit_is_reported_not_overwritten(
 
 def test_a_read_only_token_cannot_change_anything(
         page: Page, console: str, server: ServerProcess) -> None:
-    reader = server.admin("api-token", "viewer").stdout.strip()
+    reader = server.admin("token", "create", "viewer").stdout.strip()
     open_instance(page, console, reader, "console-web", WEB)
     expect(page.locator("#who")).to_have_text("viewer · read-only")
     expect(page.locator(".readonly")).to_be_visible()
