@@ -173,10 +173,13 @@ def test_a_tag_filter_matches_whole_tags_only() -> None:
     assert Filter(tag="a").apply([row]) == [] and Filter(tag="ab=x").apply([row]) == []
 
 
-def test_a_document_that_cannot_be_served_is_listed_as_such(tmp_path: Path) -> None:
-    doc = numbered(1) | {"metadata-options": {"http-tokens": "sometimes"}}
-    row = RowMaker(FleetDefaults()).row(doc)
+@pytest.mark.parametrize("bad", [{"metadata-options": {"http-tokens": "sometimes"}},
+                                 {"metadata-options": {"http-tokens": ["required"]}},
+                                 {"tags": ["a"]}, {"network-interfaces": "eth0"}])
+def test_a_document_that_cannot_be_served_is_listed_as_such(bad: dict[str, Any]) -> None:
+    row = RowMaker(FleetDefaults()).row(numbered(1) | bad)
     assert row.mode == "invalid" and row.instance_id == "i-view00001"
+    assert Filter(text="view00001").apply([row]) == [row]
 
 
 # -- the tree as served ---------------------------------------------------------------------

@@ -1,12 +1,12 @@
 """The fleet as the console lists it: one small row per instance, filtered and paged in
-memory, kept current from the store by revision.
+memory, kept current from the store's change log.
 
 The REST API's instance list parses and validates every stored document on each request:
 right for a script paging through the fleet, far too slow for a page that filters again on
 every keystroke at 100k instances (about 120 µs an instance). The console keeps rows
 instead: built on first use from the stored documents (read in batches, only the columns
 kept, nothing validated again — every write was), then, whenever the store's version has
-moved, only the instances whose revision changed are read again. The ids matching a filter
+moved, only the instances its change log names are read again. The ids matching a filter
 are kept with the table they were computed from, so paging through them is a bisect.
 """
 
@@ -90,6 +90,16 @@ class RowMaker:
         return self._options[key]
 
     def row(self, doc: dict[str, Any]) -> Row:
+        """The row of a stored document; one the data plane cannot serve either (a store
+        edited by hand) is listed as such rather than failing the page."""
+        try:
+            return self._row(doc)
+        except (AttributeError, TypeError, ValueError, IndexError):
+            instance_id = str(doc.get("instance-id"))
+            return Row(instance_id, "", "", (), (), None, INVALID, 0, (), False, None, None,
+                       (), instance_id.lower(), SEP)
+
+    def _row(self, doc: dict[str, Any]) -> Row:
         nics = doc.get("network-interfaces") or [{}]
         private: list[str] = []
         for nic in nics:
