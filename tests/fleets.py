@@ -65,18 +65,24 @@ ROLE = "EcsRamRoleTest"
 VENDOR_DATA = b"\x00\x01\xfe\xffvendor\n"  # not UTF-8: stored as vendor-data-base64
 USER_DATA = "#cloud-config\nhostname: rich\n"
 
-EXPOSED_TAGS = {"Team": "platform", "env": "prod", "z.dot_ok-1": "v"}
-# SPEC §3: keys that are empty, contain `/` or white space are never exposed.
+EXPOSED_TAGS = {"Team": "platform", "env": "prod", "z.dot_ok-1": "v", "a+b=c,d:e@f": "x",
+                "...": "three periods", "k" * 128: "longest"}
+# SPEC §9: only keys of 1-128 of A-Z a-z 0-9 + - = . , _ : @, not `.` or `..`, are exposed.
 HIDDEN_TAGS = {
     "": "empty key",
     " ": "blank key",
     "/": "just a slash",
     "a/b": "slash",
     "has space": "space",
-    "tab\tkey": "tab",
     "trailing ": "trailing space",
     "\u3000wide": "ideographic space",
     "nbsp\u00a0key": "no-break space",
+    ".": "one period",
+    "..": "two periods",
+    "caf\u00e9": "not ASCII",
+    "a#b": "hash",
+    "a?b": "question mark",
+    "k" * 129: "too long",
 }
 
 EVENTS = [
@@ -312,12 +318,17 @@ def _no_prefix_clash(paths: list[str]) -> bool:
     return not any(q.startswith(p + "/") for p in paths for q in paths)
 
 
+# A tag key: any text but control characters (SPEC §9 refuses those in names).
+_name = st.text(st.characters(blacklist_categories=("Cc", "Cs"),
+                              blacklist_characters="\u2028\u2029"), max_size=6)
+
+
 @st.composite
 def instance_docs(draw: st.DrawFn) -> dict[str, Any]:
     """Random instances: weird tag keys, extra items nested in the catalogue's directories,
     disks, keys, with or without a role and events."""
     doc = plain_doc() | {"metadata-options": {"instance-metadata-tags": "enabled"}}
-    doc["tags"] = draw(st.dictionaries(st.text(max_size=6), _value, max_size=5))
+    doc["tags"] = draw(st.dictionaries(_name, _value, max_size=5))
     doc["public-keys"] = draw(st.dictionaries(_segment, _value, max_size=3))
     doc["disks"] = [{"serial": s, "id": f"d-{s.replace('-', '')}x"}
                     for s in draw(st.sets(_segment, max_size=3))]

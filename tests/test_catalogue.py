@@ -113,6 +113,9 @@ CATALOGUE = {
     "tags/instance/Team": "platform",
     "tags/instance/env": "prod",
     "tags/instance/z.dot_ok-1": "v",
+    "tags/instance/a+b=c,d:e@f": "x",
+    "tags/instance/...": "three periods",
+    "tags/instance/" + "k" * 128: "longest",
     "ram/security-credentials": ROLE,
     # extra items: fleet-wide, overridden per instance, and the instance's own
     "custom/fleet": "everyone",
@@ -307,9 +310,13 @@ def test_hidden_tag_keys(key: str) -> None:
     assert not exposable_tag(key)
 
 
-@given(st.text())
+_ALLOWED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+-=.,_:@"
+
+
+@given(st.one_of(st.text(), st.text(_ALLOWED, max_size=130)))
 def test_exposable_tag_is_exactly_the_spec_rule(key: str) -> None:
-    expected = key != "" and "/" not in key and not any(c.isspace() for c in key)
+    expected = (1 <= len(key) <= 128 and all(c in _ALLOWED for c in key)
+                and key not in (".", ".."))
     assert exposable_tag(key) is expected
 
 

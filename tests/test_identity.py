@@ -9,6 +9,7 @@ import base64
 import json
 import shutil
 import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -280,3 +281,38 @@ def test_verify_rejects_wrong_types(signer: IdentitySigner, cert_pem: bytes) -> 
 # Hypothesis tests cannot take function-scoped fixtures; one identity serves them all.
 _IDENTITY = generate_signing_identity(now=NOW)
 _SIGNER = IdentitySigner(*_IDENTITY)
+
+
+# --- a relying service checks the audience (issue 9 §9) ---------------------------------------
+def test_verify_with_an_audience_needs_a_signature_for_exactly_it(
+        signer: IdentitySigner) -> None:
+    cert = signer.cert_pem
+    for_a = signer.sign(with_audience(DOCUMENT, "service-a"))
+    plain = signer.sign(DOCUMENT)
+    assert verify(DOCUMENT, for_a, cert, audience="service-a")
+    assert verify(with_audience(DOCUMENT, "service-a"), for_a, cert, audience="service-a")
+    assert not verify(DOCUMENT, for_a, cert, audience="service-b")  # another audience
+    assert not verify(with_audience(DOCUMENT, "service-a"), for_a, cert, audience="service-b")
+    assert not verify(DOCUMENT, plain, cert, audience="service-a")  # made for none
+    assert not verify(b"not json", for_a, cert, audience="service-a")
+    assert not verify(b"[1]", for_a, cert, audience="service-a")
+
+
+def test_verify_identity_command_checks_the_audience(tmp_path: Path,
+                                                     signer: IdentitySigner) -> None:
+    (tmp_path / "document").write_bytes(DOCUMENT)
+    (tmp_path / "cert.pem").write_bytes(signer.cert_pem)
+    (tmp_path / "signature").write_bytes(signer.sign(with_audience(DOCUMENT, "svc-a")))
+    ecs_imds = str(Path(sys.executable).with_name("ecs-imds"))
+
+    def check(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([ecs_imds, "verify-identity", "--document",
+                               str(tmp_path / "document"), "--signature",
+                               str(tmp_path / "signature"), "--cert", str(tmp_path / "cert.pem"),
+                               *extra], capture_output=True, text=True, timeout=60)
+
+    ok = check("--audience", "svc-a")
+    assert ok.returncode == 0 and "Verification successful" in ok.stdout
+    other = check("--audience", "svc-b")
+    assert other.returncode != 0 and "Verification failure" in other.stderr
+    assert "Traceback" not in other.stderr

@@ -178,9 +178,9 @@ BAD_VALUES = [  # (where to put it, the bad value, the field the error must name
      "network-interfaces[0].vpc-cidr-block"),
     ("network-interfaces.0.netmask", "255.255.255.256", "network-interfaces[0].netmask"),
     ("network-interfaces.0.ipv6-gateway", "10.0.0.1", "network-interfaces[0].ipv6-gateway"),
-    ("network-interfaces.0.ipv6s", ["2408::zz"], "network-interfaces[0].ipv6s.0"),
+    ("network-interfaces.0.ipv6s", ["2408::zz"], "network-interfaces[0].ipv6s[0]"),
     ("network-interfaces.1.private-ipv4s", ["10.0.1.1", "10.0.1"],
-     "network-interfaces[1].private-ipv4s.1"),
+     "network-interfaces[1].private-ipv4s[1]"),
     ("network-interfaces.0.vpc-ipv6-cidr-blocks", "2408:4000:1000::/56",
      "network-interfaces[0].vpc-ipv6-cidr-blocks"),
     ("disks.0.id", "disk-1_", "disks[0].id"),
@@ -257,10 +257,10 @@ def test_null_inside_a_mapping_or_list_is_refused(null_in: str) -> None:
         field = f"{null_in}.nothing"
     elif null_in == "ipv6s":
         doc["network-interfaces"][0]["ipv6s"] = [None]
-        field = "network-interfaces[0].ipv6s.0"
+        field = "network-interfaces[0].ipv6s[0]"
     else:
         doc[null_in] = ["ntp1.aliyun.com", None]
-        field = f"{null_in}.1"
+        field = f"{null_in}[1]"
     parse_fails(doc, f"instance {RICH_ID}.{field}")
 
 
@@ -447,13 +447,16 @@ def test_same_address_in_two_vpcs_accepted() -> None:
 # --- property: any document the model accepts round-trips, through YAML too ----------------
 _line = st.text(st.characters(blacklist_characters="\r\n\0", blacklist_categories=("Cs",)),
                 min_size=1, max_size=20)
+# One-line strings (names): no control characters at all (SPEC §9).
+_name = st.text(st.characters(blacklist_categories=("Cc", "Cs"),
+                              blacklist_characters="\u2028\u2029"), min_size=1, max_size=20)
 _segment = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,10}", fullmatch=True)
 
 
 @st.composite
 def instance_docs(draw: st.DrawFn) -> dict[str, Any]:
     doc = plain_doc()
-    doc["tags"] = draw(st.dictionaries(st.text(max_size=8), _line, max_size=4))
+    doc["tags"] = draw(st.dictionaries(_name | st.just(""), _line, max_size=4))
     doc["public-keys"] = draw(st.dictionaries(_segment, _line, max_size=3))
     doc["extra"] = {f"x/{k}": v for k, v in
                     draw(st.dictionaries(_segment, _line, max_size=3)).items()}
@@ -462,7 +465,7 @@ def instance_docs(draw: st.DrawFn) -> dict[str, Any]:
         doc["user-data-base64"] = base64.b64encode(data).decode()
     doc["launch-index"] = draw(st.integers(0, 10**6))
     if draw(st.booleans()):
-        doc["instance-name"] = draw(_line)
+        doc["instance-name"] = draw(_name)
     if draw(st.booleans()):
         doc["metadata-options"] = draw(st.fixed_dictionaries({}, optional={
             "http-tokens": st.sampled_from(["optional", "required"]),
@@ -481,3 +484,44 @@ def test_accepted_documents_round_trip_through_yaml(doc: dict[str, Any]) -> None
     assert again == replace(inst, metadata_options=inst.metadata_options or None)
     defaults = FleetDefaults.from_doc(defaults_doc())
     assert effective(again, defaults).options == effective(inst, defaults).options
+
+
+# --- SPEC §9: one canonical address, no control characters in names ----------------------
+@pytest.mark.parametrize("mapped", ["::ffff:10.0.0.20", "::FFFF:a00:14", "0:0:0:0:0:ffff:10.0.0.9"])
+def test_ipv4_mapped_ipv6_addresses_are_refused(mapped: str) -> None:
+    """One such `ipv6s` entry used to take over the IPv4 instance's identity."""
+    doc = plain_doc()
+    doc["network-interfaces"][0]["ipv6s"] = [mapped]
+    with pytest.raises(ValidationError) as info:
+        Instance.from_doc(doc)
+    assert info.value.field.endswith("network-interfaces[0].ipv6s[0]")
+    assert "IPv4-mapped" in info.value.message
+
+
+@pytest.mark.parametrize("char", ["\x1b", "\x07", "\t", "\x7f", "\x85", "\x9b", "\u2028",
+                                  "\u2029"])
+@pytest.mark.parametrize("field", ["instance-name", "hostname", "image-id", "instance-type",
+                                   "region-id"])
+def test_control_characters_are_refused_in_one_line_strings(char: str, field: str) -> None:
+    doc = plain_doc()
+    doc[field] = f"name{char}[2J"
+    with pytest.raises(ValidationError) as info:
+        Instance.from_doc(doc)
+    assert info.value.field.endswith(field)
+    assert char not in str(info.value)  # the message never echoes it
+
+
+@pytest.mark.parametrize("key", ["\x1b[31mred", "a\u2028b", "tab\tkey", "c1\x9b"])
+def test_control_characters_are_refused_in_tag_keys(key: str) -> None:
+    doc = plain_doc()
+    doc["tags"] = {key: "v"}
+    with pytest.raises(ValidationError, match="is not an allowed name") as info:
+        Instance.from_doc(doc)
+    assert "\x1b" not in str(info.value) and "\u2028" not in str(info.value)
+
+
+def test_tag_values_are_text() -> None:
+    """SPEC §9: values are any UTF-8 text (on one line)."""
+    doc = plain_doc()
+    doc["tags"] = {"k": "tab\tand \x85 and \u2028 and é"}
+    assert Instance.from_doc(doc).tags == doc["tags"]

@@ -129,7 +129,7 @@ def test_values_with_line_separators_survive_export(store: SQLiteStore,
                                                    tmp_path: Path) -> None:
     """U+0085 (NEL) is a line break to YAML: written raw, it came back as a space."""
     doc = fleet_doc()
-    doc["instances"][1]["instance-name"] = "a\x85b\u2028c"
+    doc["instances"][1]["extra"] = {"custom/odd": "a\x85b\u2028c"}
     doc["instances"][1]["tags"] = {"nel": "\x85", "tab": "x\ty"}
     doc["instances"][1]["user-data"] = "#!/bin/sh\necho \x85\n"
     import_fleet(store, doc)

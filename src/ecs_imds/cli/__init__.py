@@ -111,11 +111,13 @@ def get(path: str, use_token: bool, ttl: int, endpoint: str | None) -> None:
               help="The pkcs7 body (base64, PEM armour optional).")
 @click.option("--cert", type=click.File("rb"), required=True,
               help="The service's certificate (`admin identity-cert`).")
-def verify_identity(document: Any, signature: Any, cert: Any) -> None:
+@click.option("--audience", metavar="X",
+              help="Require a signature made for exactly this audience (pkcs7?audience=X).")
+def verify_identity(document: Any, signature: Any, cert: Any, audience: str | None) -> None:
     """Check an identity document and its signature, as a relying service would."""
     from ecs_imds.protocol.identity import verify
 
-    if not verify(document.read(), signature.read(), cert.read()):
+    if not verify(document.read(), signature.read(), cert.read(), audience):
         raise click.ClickException("Verification failure")
     click.echo("Verification successful")
 

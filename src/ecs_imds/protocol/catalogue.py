@@ -15,6 +15,7 @@ own, kept out of the pool where it would only add a second reference.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -250,9 +251,14 @@ def _meta_data(pool: Pool, e: Effective) -> dict[str, Node]:
     return md
 
 
+_TAG_KEY = re.compile(r"[A-Za-z0-9+\-=.,_:@]{1,128}")
+
+
 def exposable_tag(key: str) -> bool:
-    """SPEC §3: empty keys and keys with `/` or white space are never exposed."""
-    return bool(key) and "/" not in key and not any(c.isspace() for c in key)
+    """SPEC §9: a tag key is exposed only when it can be addressed in a path: 1-128 of
+    `A-Z a-z 0-9 + - = . , _ : @`, and not `.` or `..` (clients normalise dot-segments
+    away, so the item could never be asked for). Other tags are kept, not listed."""
+    return _TAG_KEY.fullmatch(key) is not None and key not in (".", "..")
 
 
 def _required(value: str | None, name: str) -> str:

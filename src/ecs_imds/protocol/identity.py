@@ -405,9 +405,16 @@ def _expected_version(signed: _SignedData) -> int:
     return 1
 
 
-def verify(document: bytes, signature_b64: bytes | str, cert_pem: bytes) -> bool:
+def verify(document: bytes, signature_b64: bytes | str, cert_pem: bytes,
+           audience: str | None = None) -> bool:
     """True if `signature_b64` (the body served at `…/pkcs7`) signs `document` with the key of
     `cert_pem`. Any embedded content must equal `document` too.
+
+    With `audience`, the signature must have been made for exactly that audience
+    (`…/pkcs7?audience=X`): `document` may be the plain document (the audience is inserted
+    as the service inserts it) or the signed content itself (its `audience` must be X). A
+    signature for another audience, or for none, fails — so a signature shown to one relying
+    service cannot be replayed to another.
 
     Never raises: the signature comes from whoever presents it. The certificate is pinned,
     not validated (as with `-noverify` in Alibaba's recipe).
@@ -415,6 +422,8 @@ def verify(document: bytes, signature_b64: bytes | str, cert_pem: bytes) -> bool
     try:
         if not isinstance(document, bytes):
             return False
+        if audience is not None:
+            document = _for_audience(document, audience)
         cert = x509.load_pem_x509_certificate(cert_pem)
         der = _Der(_decode_signature(signature_b64))
         signed = _signed_data(der)
@@ -432,3 +441,16 @@ def verify(document: bytes, signature_b64: bytes | str, cert_pem: bytes) -> bool
     except (ValueError, TypeError, IndexError, KeyError, InvalidSignature,
             UnsupportedAlgorithm):
         return False
+
+
+def _for_audience(document: bytes, audience: str) -> bytes:
+    """The content a signature for `audience` signs; raises ValueError when `document`
+    already names another audience."""
+    parsed = json.loads(document)
+    if not isinstance(parsed, dict):
+        raise ValueError("not an identity document")
+    if "audience" in parsed:
+        if parsed["audience"] != audience:
+            raise ValueError("signed for another audience")
+        return document
+    return with_audience(document, audience)

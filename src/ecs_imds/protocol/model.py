@@ -21,6 +21,9 @@ from ecs_imds.errors import ValidationError
 USER_DATA_LIMIT = 16 * 1024
 MAX_TOKEN_TTL = 21600
 
+# SPEC §9: refused in one-line strings (C0, DEL, C1, U+2028/2029); CR, LF and NUL in any.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_LINE_BREAKS = re.compile("[\r\n\x00]")
 _INSTANCE_ID = re.compile(r"i-[a-z0-9]{1,40}")
 _RESOURCE_ID = re.compile(r"[a-z]{1,8}-[A-Za-z0-9]{1,40}")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
@@ -34,14 +37,18 @@ HOST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 class _Reader:
     """Takes typed values out of one document, naming the field in every complaint."""
 
-    def __init__(self, doc: Any, where: str = "") -> None:
+    def __init__(self, doc: Any, where: str = "", items: bool = False) -> None:
+        """`items`: `doc` stands for a list (its keys are indexes, named `[i]`)."""
         if not isinstance(doc, dict):
             raise ValidationError(where, "must be a mapping")
         self.doc = doc
         self.where = where
+        self.items = items
         self.seen: set[str] = set()
 
     def path(self, key: str) -> str:
+        if self.items:
+            return f"{self.where}[{key}]"
         return f"{self.where}.{key}" if self.where else key
 
     def fail(self, key: str, message: str) -> ValidationError:
@@ -53,9 +60,12 @@ class _Reader:
 
     def string(self, key: str, pattern: re.Pattern[str] | None = None, *,
                required: bool = False, check: Callable[[str], None] | None = None,
-               max_len: int = 1024, numeric: bool = False) -> str | None:
-        """A one-line string. YAML reads some bare words as numbers (a MAC can become a
-        base-60 integer), so numbers are refused unless the field is `numeric`."""
+               max_len: int = 1024, numeric: bool = False, text: bool = False
+               ) -> str | None:
+        """A one-line string: no control characters (SPEC §9: C0, DEL, C1, U+2028/2029 —
+        they would rewrite an operator's terminal). With `text` (tag values, extra items,
+        keys), only line breaks and NUL are refused. YAML reads some bare words as numbers
+        (a MAC can become a base-60 integer), so numbers are refused unless `numeric`."""
         value = self.raw(key)
         if value is None:
             if required:
@@ -65,8 +75,12 @@ class _Reader:
             value = str(value)
         if not isinstance(value, str):
             raise self.fail(key, "must be a string (quote it in YAML)")
-        if not value or len(value) > max_len or any(c in value for c in "\r\n\0"):
-            raise self.fail(key, f"must be 1 to {max_len} characters on one line")
+        if not value or len(value) > max_len:
+            raise self.fail(key, f"must be 1 to {max_len} characters")
+        unwanted = (_LINE_BREAKS if text else _CONTROL).search(value)
+        if unwanted:
+            raise self.fail(key, f"must not hold the control character "
+                                 f"U+{ord(unwanted.group()):04X} (one line of text)")
         if pattern is not None and not pattern.fullmatch(value):
             raise self.fail(key, f"{value!r} is not of the form {pattern.pattern}")
         if check is not None:
@@ -105,7 +119,7 @@ class _Reader:
             return None
         if not isinstance(value, list):
             raise self.fail(key, "must be a list")
-        sub = _Reader({str(i): v for i, v in enumerate(value)}, self.path(key))
+        sub = _Reader({str(i): v for i, v in enumerate(value)}, self.path(key), items=True)
         return tuple(sub.string(str(i), check=check, required=True) or ""
                      for i in range(len(value)))
 
@@ -119,9 +133,11 @@ class _Reader:
         sub = _Reader(value, self.path(key))
         out: dict[str, str] = {}
         for name in value:
-            if not isinstance(name, str) or (key_pattern and not key_pattern.fullmatch(name)):
-                raise sub.fail(str(name), "is not an allowed name")
-            out[name] = sub.string(name, max_len=65536, required=True) or ""
+            if not isinstance(name, str) or (key_pattern and not key_pattern.fullmatch(name)) \
+                    or _CONTROL.search(name):
+                raise sub.fail(repr(name) if isinstance(name, str) else str(name),
+                               "is not an allowed name")
+            out[name] = sub.string(name, max_len=65536, required=True, text=True) or ""
         return out
 
     def records(self, key: str, parse: Callable[[Any, str], Any]) -> tuple[Any, ...] | None:
@@ -163,7 +179,11 @@ def _ipv4(value: str) -> None:
 
 
 def _ipv6(value: str) -> None:
-    ipaddress.IPv6Address(value)
+    """SPEC §9: an address has one canonical form, so IPv4-mapped IPv6 is refused (it would
+    name, as another spelling, an instance's IPv4 address)."""
+    if ipaddress.IPv6Address(value).ipv4_mapped is not None:
+        raise ValueError(f"{value} is an IPv4-mapped address: give the IPv4 address "
+                         "in private-ipv4s instead")
 
 
 def _ipv4_net(value: str) -> None:
