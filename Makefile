@@ -14,7 +14,11 @@ DEB_TOOLS := ip:iproute2 curl:curl openssl:openssl /usr/lib/postgresql/*/bin/ini
 # What `make bench` drives, the same way.
 BENCH_TOOLS := wrk:wrk nginx:nginx taskset:util-linux
 
-.PHONY: serve test lint deps debs bench bench-console screenshots clean golden
+# The protocol core's tests alone, in seconds (markers: core, netns, postgres).
+test-core: $(STAMP)
+	$(BIN)/pytest -q -m core
+
+.PHONY: test-core serve test lint deps debs bench bench-console screenshots clean golden
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

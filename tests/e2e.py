@@ -21,6 +21,7 @@ VPC = "vpc-e2etest0001"
 A, B, C = "i-e2eaaaa", "i-e2ebbbb", "i-e2ecccc"
 ROLE = "e2e-role"
 ENDPOINT = f"http://{SERVER_IP}"
+DUAL_STACK_PORT = 8080
 TTL = "X-aliyun-ecs-metadata-token-ttl-seconds"
 # Clients in a namespace must never look for a proxy: the metadata address is ours there.
 CLIENT_ENV = {"ECS_IMDS_ENDPOINT": ENDPOINT, "NO_PROXY": "*", "no_proxy": "*",
@@ -56,9 +57,12 @@ def topo() -> Iterator[Topology]:
 
 
 def serve_in(topo: Topology, workdir: Path, fleet: dict[str, Any]) -> ServerProcess:
-    """A server for `fleet` in the topology's server namespace, on 100.100.100.200:80, its
-    control plane on a unix socket in `workdir`; started, and serving when this returns."""
-    srv = ServerProcess(workdir, fleet, [{"bind": f"{SERVER_IP}:80", "vpc-id": VPC}])
+    """A server for `fleet` in the topology's server namespace, on 100.100.100.200:80 and on
+    a dual-stack IPv6 socket (`[::]:8080`, where IPv4 callers arrive as ::ffff:a.b.c.d),
+    its control plane on a unix socket in `workdir`; started, and serving when this
+    returns."""
+    srv = ServerProcess(workdir, fleet, [{"bind": f"{SERVER_IP}:80", "vpc-id": VPC},
+                                         {"bind": f"[::]:{DUAL_STACK_PORT}", "vpc-id": VPC}])
     srv.start(lambda argv, log: topo.server.popen(argv, stdout=log, stderr=subprocess.STDOUT))
     topo.server.wait_for_tcp(SERVER_IP, 80)
     return srv
@@ -71,18 +75,21 @@ def server(topo: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     srv.cleanup()
 
 
-def curl(topo: Topology, who: str, path: str, *args: str) -> tuple[int, bytes]:
+def curl(topo: Topology, who: str, path: str, *args: str, endpoint: str = ENDPOINT
+         ) -> tuple[int, bytes]:
     """curl from inside instance `who`: (HTTP status, body); status 0 when nothing came."""
     result = subprocess.run(
         ["ip", "netns", "exec", topo[who].ns, "curl", "-s", "--noproxy", "*", "-m", "3",
-         "-o", "-", "-w", "\n%{http_code}", *args, f"{ENDPOINT}{path}"],
+         "-o", "-", "-w", "\n%{http_code}", *args, f"{endpoint}{path}"],
         capture_output=True, timeout=20)
     body, _, code = result.stdout.rpartition(b"\n")
     return int(code or 0), body
 
 
-def token(topo: Topology, who: str, ttl: int = 300, *extra: str) -> tuple[int, bytes]:
-    return curl(topo, who, "/latest/api/token", "-X", "PUT", "-H", f"{TTL}: {ttl}", *extra)
+def token(topo: Topology, who: str, ttl: int = 300, *extra: str, endpoint: str = ENDPOINT
+          ) -> tuple[int, bytes]:
+    return curl(topo, who, "/latest/api/token", "-X", "PUT", "-H", f"{TTL}: {ttl}", *extra,
+                endpoint=endpoint)
 
 
 def in_ns(topo: Topology, who: str, code: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from e2e import CLIENT_ENV, A, B, C, curl, in_ns, token
+from e2e import CLIENT_ENV, DUAL_STACK_PORT, SERVER_IP, A, B, C, curl, in_ns, token
 from netns import Topology
 from server import ECS_IMDS, ServerProcess
 
@@ -92,3 +92,18 @@ def test_hop_limit_keeps_tokens_from_crossing_a_router(topo: Topology,
     _set_hop_limit(server, topo, 2)
     status, tok = token(topo, "c")
     assert status == 200 and len(tok) > 0
+
+
+def test_a_dual_stack_listener_knows_ipv4_callers_and_keeps_their_hop_limit(
+        topo: Topology, server: ServerProcess) -> None:
+    """On an IPv6 socket an IPv4 caller is ::ffff:a.b.c.d: the peer is normalised (at
+    accept) to find the instance, and a token's hop limit must be set as an IPv4 TTL too,
+    or the token would cross the router."""
+    dual = f"http://{SERVER_IP}:{DUAL_STACK_PORT}"
+    assert curl(topo, "a", "/latest/meta-data/instance-id", endpoint=dual) == (200, A.encode())
+    assert curl(topo, "c", "/latest/meta-data/instance-id", endpoint=dual) == (200, C.encode())
+    _set_hop_limit(server, topo, 1)
+    assert token(topo, "c", endpoint=dual)[0] == 0  # the answer died at the router
+    assert token(topo, "a", endpoint=dual)[0] == 200  # one hop is enough next door
+    _set_hop_limit(server, topo, 2)
+    assert token(topo, "c", endpoint=dual)[0] == 200
