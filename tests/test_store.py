@@ -178,9 +178,9 @@ BREAKAGES = {
         lambda doc: doc["instances"][2]["network-interfaces"][0].update(
             {"private-ipv4s": [PLAIN_IP]}),
         "instances[2] (i-hard0001).network-interfaces"),
-    "required value missing": (
-        lambda doc: doc["defaults"].pop("zone-id"), "instances[0] (i-bp13znx0m0me8cquu001)"
-        ".zone-id"),
+    "required value missing": (  # null removes a default (merged, or replaced whole)
+        lambda doc: doc["defaults"].update({"zone-id": None}),
+        "instances[0] (i-bp13znx0m0me8cquu001).zone-id"),
     "extra item collides": (
         lambda doc: doc["instances"][1].update({"extra": {"hostname/x": "y"}}),
         "instances[1] (i-plain0001).extra.hostname/x"),

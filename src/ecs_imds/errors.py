@@ -12,6 +12,7 @@
     ├── InstanceNotFound (LookupError) no instance with that id
     ├── ApiError                       an error answer of the control plane (status, Code)
     ├── ControlPlaneError              an answer a client of the control plane got
+    │   └── OutcomeUnknown             the connection was lost after a change was sent
     └── MetadataError                  an answer a client of the data plane got
 
 The data plane raises none of these at an instance: what an instance gets is a status,
@@ -93,6 +94,10 @@ class ControlPlaneError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}" if code else message)
         self.status, self.code = status, code
+
+
+class OutcomeUnknown(ControlPlaneError):
+    """The request was sent and no answer came back: the change may have been made or not."""
 
 
 class MetadataError(Exception):

@@ -10,21 +10,21 @@ from __future__ import annotations
 import json
 import sys
 import time
+import uuid
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
-import yaml
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
+from ecs_imds.cli.fleetfile import describe_plan, progress_bar, read_fleet_file
 from ecs_imds.cli.tables import pairs, printable, show, table
 from ecs_imds.clients.control import AdminClient
 from ecs_imds.config import Config, load
 from ecs_imds.control import fleet
-from ecs_imds.errors import ControlPlaneError, ValidationError
+from ecs_imds.errors import ControlPlaneError, OutcomeUnknown, ValidationError
+
+T = TypeVar("T")
 
 
 def config_of(ctx: click.Context) -> Config:
@@ -49,6 +49,11 @@ class Admin:
     def client(self) -> AdminClient:
         if self._client is None:
             cfg = config_of(self.ctx)
+            if self._url is None and not cfg.api.enabled:
+                where = self.ctx.find_root().params.get("config") or "the config"
+                raise click.ClickException(
+                    f"the server has no API (api: false in {where}): set api: in it, or "
+                    f"give --api URL of a server that has one")
             url = self._url or (f"unix://{cfg.api.unix}" if cfg.api.unix
                                 else f"http://{cfg.api.bind}")
             token = self._token
@@ -63,8 +68,16 @@ class Admin:
         return self._client
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.attempt(lambda: self.client.json(method, path, **kwargs), path)
+
+    def attempt(self, request: Callable[[], T], path: str = "") -> T:
+        """`request()`, its failures said in one line: and when a change was sent and the
+        answer lost, what to look at before trying again."""
         try:
-            return self.client.json(method, path, **kwargs)
+            return request()
+        except OutcomeUnknown as exc:
+            raise click.ClickException(f"outcome unknown: {printable(exc)} — check with "
+                                       f"`{_check_with(path)}` before trying again") from None
         except ControlPlaneError as exc:
             raise click.ClickException(printable(exc)) from None
 
@@ -77,6 +90,16 @@ class Admin:
 
 
 pass_admin = click.make_pass_decorator(Admin)
+
+
+def _check_with(path: str) -> str:
+    """The command that shows whether a change to `path` was made."""
+    parts = path.strip("/").split("/")
+    if parts[:2] == ["v1", "instances"] and len(parts) > 2:
+        return f"ecs-imds admin instance get {parts[2]}"
+    return {"api-tokens": "ecs-imds admin token list", "defaults": "ecs-imds admin defaults get",
+            "fleet": "ecs-imds admin export"}.get(parts[1] if len(parts) > 1 else "",
+                                                  "ecs-imds admin status")
 
 
 def _setting(name: str) -> Callable[[click.Context, click.Parameter, bool], None]:
@@ -108,36 +131,77 @@ def admin(ctx: click.Context, api: str | None, api_token: str | None, as_json: b
 
 
 # -- the fleet as a whole -----------------------------------------------------------------------
-def read_fleet_file(path: str) -> Any:
-    """A fleet file, YAML or JSON (JSON is YAML), or - for standard input."""
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise click.ClickException(f"{path}: not YAML or JSON: {exc}") from None
+IMPORT_HELP = """Load a fleet file (YAML or JSON; - for standard input), validated whole: all
+of it or nothing.
+
+\b
+Instances in FILE are created or replaced. The `defaults` in FILE are merged into the
+defaults in the store, key by key (a JSON merge patch, RFC 7396): a key in FILE replaces
+that key (`metadata-options` and `extra` merge their own keys), a key set to null removes
+it, a key FILE does not name keeps its stored value. Instances not in FILE are kept.
+
+\b
+With --replace, FILE is the whole fleet: instances not in it are deleted and its defaults
+replace the stored ones entirely (none in FILE: none left). A --replace that would delete
+instances needs --yes (or a yes at the prompt); so does one with an empty FILE.
+
+--dry-run shows what would change (instances added, changed, removed; defaults changed)
+and changes nothing. Every import carries an idempotency key: if the answer is lost, the
+same command with --idempotency-key KEY is safe (an import made is not made twice).
+"""
 
 
-@admin.command("import")
+@admin.command("import", help=IMPORT_HELP)
 @click.argument("file")
-@click.option("--replace", is_flag=True, help="Delete instances that are not in FILE.")
+@click.option("--replace", is_flag=True, help="FILE is the whole fleet (see above).")
+@click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
+@click.option("--yes", is_flag=True, help="Allow --replace to delete instances.")
+@click.option("--idempotency-key", metavar="KEY",
+              help="Send the import again under the KEY a lost answer named.")
+@output
 @pass_admin
-def import_(adm: Admin, file: str, replace: bool) -> None:
-    """Load a fleet file (YAML or JSON), validated whole: all of it or nothing."""
-    body = json.dumps(read_fleet_file(file), ensure_ascii=False).encode()
-    params = {"replace": "true"} if replace else None
+def import_(adm: Admin, file: str, replace: bool, dry_run: bool, yes: bool,
+            idempotency_key: str | None) -> None:
+    doc = read_fleet_file(file)
+    body = json.dumps(doc, ensure_ascii=False).encode()
+    empty = not (isinstance(doc, dict) and doc.get("instances"))
+    if dry_run or (replace and not yes):
+        plan = adm.attempt(lambda: adm.client.plan_import(body, replace))
+        if dry_run:
+            click.echo(json.dumps(plan) if adm.as_json else describe_plan(plan))
+            return
+        if plan["Removed"]:
+            _confirm_removal(file, plan["Removed"], empty)
+    key = idempotency_key or uuid.uuid4().hex
     try:
-        if sys.stderr.isatty():
-            with Progress(*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(),
-                          TransferSpeedColumn(), console=Console(stderr=True)) as bar:
-                task = bar.add_task("importing", total=len(body))
-                result = adm.client.upload("/v1/fleet", body,
-                                           lambda n: bar.advance(task, n), params)
-        else:
-            result = adm.client.upload("/v1/fleet", body, params=params)
+        with progress_bar(sys.stderr.isatty() and not adm.as_json) as report:
+            result = adm.client.import_fleet(body, replace, key, report)
+    except OutcomeUnknown as exc:
+        again = " ".join(["ecs-imds", "admin", "import", file, *(["--replace", "--yes"]
+                          if replace else []), "--idempotency-key", key])
+        raise click.ClickException(
+            f"{file}: the import's outcome is unknown: {printable(exc)} — check with "
+            f"`{again}` (safe: an import already made is not made again)") from None
     except ControlPlaneError as exc:
-        raise click.ClickException(f"{file}: {exc}; nothing was changed") from None
-    click.echo(f"imported {result['Instances']} instances (store version {result['Version']})",
+        raise click.ClickException(f"{file}: {printable(exc)}; nothing was changed") from None
+    if adm.as_json:
+        click.echo(json.dumps(result))
+        return
+    made = "was already imported" if result["Replayed"] else "imported"
+    click.echo(f"{made}: {result['Instances']} instances (store version {result['Version']})",
                err=True)
+
+
+def _confirm_removal(file: str, removed: list[str], empty: bool) -> None:
+    """A --replace that deletes instances goes ahead only when the operator says so."""
+    what = (f"{file} holds no instance: --replace would delete all {len(removed)} "
+            "instances" if empty else
+            f"--replace would delete {len(removed)} instances not in {file}: "
+            + ", ".join(printable(i) for i in removed[:10])
+            + (" …" if len(removed) > 10 else ""))
+    if sys.stdin.isatty() and click.confirm(f"{what}. Go ahead?", err=True):
+        return
+    raise click.ClickException(f"{what}; nothing was changed (give --yes to go ahead)")
 
 
 @admin.command("export")
@@ -164,7 +228,8 @@ def defaults_get(adm: Admin) -> None:
 @click.argument("file")
 @pass_admin
 def defaults_set(adm: Admin, file: str) -> None:
-    """Replace the defaults with FILE's mapping (YAML or JSON)."""
+    """Replace the defaults, all of them, with FILE's mapping (YAML or JSON): a key FILE
+    does not name is removed (to change some keys only, `import` a file with `defaults`)."""
     adm.call("PUT", "/v1/defaults", json=read_fleet_file(file))
     click.echo("defaults replaced", err=True)
 

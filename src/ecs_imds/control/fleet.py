@@ -22,16 +22,21 @@ from ecs_imds.protocol.model import Fleet, FleetDefaults, Instance, canonical_ip
 from ecs_imds.store import Store, StoredInstance
 
 
-def validate(defaults: FleetDefaults, instances: Sequence[Instance], where: str = "instances"
-             ) -> None:
+def validate(defaults: FleetDefaults, instances: Sequence[Instance], where: str = "instances",
+             progress: Callable[[int], None] | None = None) -> None:
     """What only rendering can tell (required inherited values, extra paths), for each
-    instance under `defaults`; the error names it as `where[i] (its id)`."""
+    instance under `defaults`; the error names it as `where[i] (its id)`. `progress` hears
+    how many are done, every thousand."""
     for i, inst in enumerate(instances):
         try:
             check_renders(inst, effective(inst, defaults))
         except ValidationError as exc:
             raise ValidationError(f"{where}[{i}] ({inst.instance_id})." +
                                   exc.field.split(".", 1)[-1], exc.message) from None
+        if progress is not None and i % 1000 == 999:
+            progress(i + 1)
+    if progress is not None:
+        progress(len(instances))
 
 
 def address_taken(exc: AddressTaken, instances: Sequence[Instance], where: str | None
@@ -58,25 +63,96 @@ def _address_field(inst: Instance, address: str) -> str:
     return "network-interfaces"
 
 
-def import_fleet(store: Store, doc: Any, replace: bool = False) -> int:
+# Stages of an import, as its progress reports them: (stage, done, total).
+Progress = Callable[[str, int, int], None]
+
+
+def no_progress(stage: str, done: int, total: int) -> None:
+    """Progress that nobody watches."""
+
+
+def defaults_after(stored: dict[str, Any], doc: Any, replace: bool) -> dict[str, Any] | None:
+    """The fleet defaults a fleet document leaves in the store; None when it leaves them
+    as they are.
+
+    Without `replace`, the document's `defaults` are a JSON merge patch (RFC 7396) on the
+    stored ones: a key given replaces that key (a mapping, such as `metadata-options` or
+    `extra`, is merged key by key), `null` removes a key, a key not given is kept. With
+    `replace` the document is the whole fleet: its defaults replace the stored ones, and a
+    document without defaults leaves none."""
+    given = doc.get("defaults") if isinstance(doc, dict) else None
+    if replace:
+        return FleetDefaults.from_doc(given or {}).to_doc()
+    if given is None:
+        return None
+    if not isinstance(given, dict):
+        raise ValidationError("defaults", "must be a mapping")
+    merged = copy.deepcopy(stored)
+    merge_patch(merged, given)
+    return FleetDefaults.from_doc(merged).to_doc()
+
+
+def import_fleet(store: Store, doc: Any, replace: bool = False,
+                 note: tuple[str, bytes] | None = None, progress: Progress = no_progress
+                 ) -> int:
     """Load a fleet document (defaults and instances). Without `replace`, instances already
-    in the store and not in the document are kept, and so are the defaults when the
-    document has none. Returns the new store version."""
+    in the store and not in the document are kept, and the document's defaults are merged
+    into the stored ones (`defaults_after`). `note` is written with it (see
+    `Store.write_fleet`). Returns the new store version."""
+    progress("parse", 0, 1)
     fleet = Fleet.from_doc(doc)
-    has_defaults = isinstance(doc, dict) and doc.get("defaults") is not None
     stored = store.load_defaults()
-    defaults = fleet.defaults if has_defaults or replace else FleetDefaults.from_doc(stored)
-    validate(defaults, fleet.instances)
-    if not replace and has_defaults and defaults.to_doc() != stored:
+    after = defaults_after(stored, doc, replace)
+    defaults = FleetDefaults.from_doc(stored if after is None else after)
+    total = len(fleet.instances)
+    validate(defaults, fleet.instances, progress=lambda done: progress("validate", done, total))
+    if not replace and after is not None and after != stored:
         # New defaults: the instances kept must still be served under them.
         given = {i.instance_id for i in fleet.instances}
         validate(defaults, [Instance.from_doc(s.doc) for s in store.load_instances()
                             if s.instance_id not in given], "stored instances")
+    progress("write", 0, total)
     try:
-        return store.write_fleet(defaults.to_doc() if has_defaults or replace else None,
-                                 [i.to_doc() for i in fleet.instances], replace=replace)
+        version = store.write_fleet(after, [i.to_doc() for i in fleet.instances],
+                                    replace=replace, note=note)
     except AddressTaken as exc:
         raise address_taken(exc, fleet.instances, "instances") from None
+    progress("write", total, total)
+    return version
+
+
+def plan_import(store: Store, doc: Any, replace: bool = False) -> dict[str, Any]:
+    """What importing `doc` would change, without changing anything: the instances it
+    would add, change and remove, and the defaults it would change (key: [before, after]).
+    Everything is validated as the import would (an error raises the same)."""
+    fleet = Fleet.from_doc(doc)
+    stored_defaults = store.load_defaults()
+    after = defaults_after(stored_defaults, doc, replace)
+    defaults = FleetDefaults.from_doc(stored_defaults if after is None else after)
+    validate(defaults, fleet.instances)
+    current = {s.instance_id: s.doc for s in store.load_instances(
+        [i.instance_id for i in fleet.instances])}
+    given = {i.instance_id: i.to_doc() for i in fleet.instances}
+    removed = sorted(set(store.revisions()) - set(given)) if replace else []
+    changes = {} if after is None else {
+        key: [stored_defaults.get(key), after.get(key)]
+        for key in sorted({*stored_defaults, *after})
+        if stored_defaults.get(key) != after.get(key)}
+    return {"Added": sorted(i for i in given if i not in current),
+            "Changed": sorted(i for i, d in given.items() if i in current and current[i] != d),
+            "Unchanged": sum(1 for i, d in given.items() if current.get(i) == d),
+            "Removed": removed, "Defaults": changes}
+
+
+def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    """RFC 7396 JSON merge patch, in place: null deletes, objects merge, the rest replaces."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge_patch(target[key], value)
+        else:
+            target[key] = value
 
 
 def _defaults(store: Store) -> FleetDefaults:

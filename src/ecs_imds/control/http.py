@@ -10,22 +10,31 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ecs_imds.control import schemas as s
-from ecs_imds.errors import ApiError, Conflict, InstanceNotFound, ValidationError
+from ecs_imds.errors import (
+    ApiError,
+    Conflict,
+    InstanceNotFound,
+    StoreUnavailable,
+    ValidationError,
+)
 
 log = logging.getLogger("ecs_imds.control")
 
 _DESCRIBED = {400: "invalid input (the field is named)", 401: "no valid token",
               403: "a read-only token may not change anything",
               404: "no such instance or item", 409: "the instance exists already",
-              412: "the instance changed since the ETag given in If-Match"}
+              412: "the instance changed since the ETag given in If-Match",
+              422: "the idempotency key was used for another request"}
 
 
 def error(status: int, code: str, message: str,
@@ -79,27 +88,44 @@ def instance_response(doc: dict[str, Any], revision: int, status: int = 200) -> 
     return JSONResponse(doc, status_code=status, headers={"ETag": etag(revision)})
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Every exception a route may raise on purpose, as a status and a JSON error."""
+# Errors of the store's drivers that mean "away for now" (down, unreachable, hung past its
+# timeouts, locked): the client may try again; nothing in the answer says more.
+STORE_AWAY: tuple[type[BaseException], ...] = (
+    StoreUnavailable, psycopg.OperationalError, sqlite3.OperationalError)
 
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+
+def error_of(exc: BaseException) -> JSONResponse:
+    """The answer for an exception a route raised: a status and a JSON error, for the
+    exceptions of `errors`, the store being away (503), and anything else (500, the
+    traceback logged, never sent)."""
+    if isinstance(exc, ApiError):
         return error(exc.status, exc.code, exc.message, exc.headers)
-
-    @app.exception_handler(ValidationError)
-    async def invalid(_: Request, exc: ValidationError) -> JSONResponse:
+    if isinstance(exc, ValidationError):
         return error(400, "InvalidParameter", str(exc))
-
-    @app.exception_handler(InstanceNotFound)
-    async def not_found(_: Request, exc: InstanceNotFound) -> JSONResponse:
+    if isinstance(exc, InstanceNotFound):
         return error(404, "InvalidInstanceId.NotFound", f"no instance {exc}")
-
-    @app.exception_handler(Conflict)
-    async def conflict(_: Request, exc: Conflict) -> JSONResponse:
+    if isinstance(exc, Conflict):
         if exc.current == 0:
             return error(404, "InvalidInstanceId.NotFound", f"no instance {exc.instance_id}")
         return error(412, "PreconditionFailed",
                      f"{exc.instance_id} changed; read it again (ETag {etag(exc.current)})")
+    if isinstance(exc, STORE_AWAY):
+        log.warning("store unavailable for an API request: %s", exc)
+        return error(503, "ServiceUnavailable", "the store cannot be reached now; try again",
+                     {"Retry-After": "5"})
+    log.error("API request failed", exc_info=exc)
+    return error(500, "InternalError", "the server failed; its log says why")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every exception a route may raise, as a status and a JSON error."""
+
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        return error_of(exc)
+
+    for kind in (ApiError, ValidationError, InstanceNotFound, Conflict, *STORE_AWAY,
+                 Exception):
+        app.add_exception_handler(kind, handle)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:

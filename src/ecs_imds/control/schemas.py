@@ -272,6 +272,17 @@ class ImportResult(BaseModel):
     Instances: int
 
 
+class ImportPlan(BaseModel):
+    """What an import would change (dry-run): instance ids, and defaults as
+    key: [before, after]."""
+
+    Added: list[str]
+    Changed: list[str]
+    Unchanged: int
+    Removed: list[str]
+    Defaults: dict[str, list[Any]]
+
+
 class CredentialIn(_Alibaba):
     AccessKeyId: str = Field(max_length=256)
     SecurityToken: str = Field(max_length=4096)

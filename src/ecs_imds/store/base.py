@@ -226,9 +226,11 @@ class Store(Protocol):
         point in time; `resync` when the log no longer reaches back to `since`."""
 
     def write_fleet(self, defaults: dict[str, Any] | None, instances: list[dict[str, Any]],
-                    replace: bool = False) -> int:
+                    replace: bool = False, note: tuple[str, bytes] | None = None) -> int:
         """Set the defaults (when given) and upsert instances, in one transaction; with
-        `replace`, instances not given are deleted. Returns the new version. Raises
+        `replace`, instances not given are deleted; `note` (name, value) is set as a named
+        secret in the same transaction (an import's idempotency record). Returns the new
+        version. Raises
         AddressTaken when an address is held by an instance not given."""
 
     def delete_instances(self, ids: list[str]) -> int: ...

@@ -374,8 +374,11 @@ WHERE key = 'log-floor' AND (SELECT v FROM cut) IS NOT NULL""", (self.retention,
         return current, row[1] if row else None
 
     def write_fleet(self, defaults: dict[str, Any] | None, instances: list[dict[str, Any]],
-                    replace: bool = False) -> int:
+                    replace: bool = False, note: tuple[str, bytes] | None = None) -> int:
         with self._write() as (conn, version):
+            if note is not None:
+                conn.execute("INSERT INTO secrets VALUES (%s, %s) ON CONFLICT (name) "
+                             "DO UPDATE SET value = EXCLUDED.value", note)
             self._write_fleet(conn, version, defaults, instances, replace)
             return version
 

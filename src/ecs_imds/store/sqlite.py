@@ -192,8 +192,10 @@ class SQLiteStore:
 
     # -- writing instances -----------------------------------------------------------------
     def write_fleet(self, defaults: dict[str, Any] | None, instances: list[dict[str, Any]],
-                    replace: bool = False) -> int:
+                    replace: bool = False, note: tuple[str, bytes] | None = None) -> int:
         with self._tx() as db:
+            if note is not None:
+                db.execute("INSERT OR REPLACE INTO secrets VALUES (?, ?)", note)
             return self._write_fleet(db, defaults, instances, replace)
 
     def _write_fleet(self, db: sqlite3.Connection, defaults: dict[str, Any] | None,

@@ -1,19 +1,41 @@
 """The fleet as a whole: its defaults, and the fleet file (export, and import validated
-whole: all of it or nothing)."""
+whole: all of it or nothing).
+
+An import may carry an `Idempotency-Key`: the store records the key with the import, in
+the same transaction, so a client that lost the answer can send the same import again and
+get the first one's result instead of a second import. With `dry-run` it changes nothing
+and says what it would change. Asked for `application/x-ndjson`, it answers as it goes:
+one line per stage (parse, validate, write) with how far it is, then the result or the
+error, so a client can show progress of the server's work, not only of the upload.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+import asyncio
+import functools
+import hashlib
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ecs_imds.control import fleet
 from ecs_imds.control import schemas as s
-from ecs_imds.control.context import Ctx
-from ecs_imds.control.http import read_json, responses
+from ecs_imds.control.context import ControlContext, Ctx
+from ecs_imds.control.http import error_of, read_json, responses
+from ecs_imds.errors import ApiError
 from ecs_imds.protocol.model import FleetDefaults
 from ecs_imds.store import Store
 
 router = APIRouter(tags=["fleet"])
+
+NDJSON = "application/x-ndjson"
+IMPORTS = "import/"  # named values in the store: IMPORTS + key → the import's result
+_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def defaults_of(store: Store) -> FleetDefaults:
@@ -42,14 +64,114 @@ async def export_fleet(ctx: Ctx) -> JSONResponse:
     return JSONResponse(await ctx.run(fleet.export_fleet, ctx.store))
 
 
-@router.post("/v1/fleet", response_model=s.ImportResult, operation_id="ImportFleet",
-             openapi_extra=s.json_body(s.FLEET, "a fleet file (JSON)"),
-             responses=responses(400), summary="Import a fleet file, all of it or nothing")
-async def import_fleet(request: Request, ctx: Ctx,
-                       replace: bool = Query(False, description="delete the others")
-                       ) -> s.ImportResult:
-    doc = await read_json(request)
-    version = await ctx.run(fleet.import_fleet, ctx.store, doc, replace)
+def _recorded(store: Store, key: str, digest: str) -> dict[str, Any] | None:
+    """The result of the import made with `key` before; None when there was none."""
+    raw = store.secrets_named(IMPORTS + key).get(IMPORTS + key)
+    if raw is None:
+        return None
+    done: dict[str, Any] = json.loads(raw)
+    if done["Digest"] != digest:
+        raise ApiError(422, "IdempotencyKeyReused",
+                       "Idempotency-Key: already used for another import; use a new key")
+    return done
+
+
+def _import(store: Store, doc: Any, replace: bool, key: str | None, digest: str,
+            progress: fleet.Progress) -> tuple[s.ImportResult, bool]:
+    """The import (or the one made before with `key`); whether it was made before."""
+    if key is not None and (done := _recorded(store, key, digest)) is not None:
+        # The store's version now: the import made before is served from it on.
+        return s.ImportResult(Version=store.version(), Instances=done["Instances"]), True
     count = len(doc.get("instances") or []) if isinstance(doc, dict) else 0
-    ctx.record(request, "import", "fleet", instances=count, replace=replace)
-    return s.ImportResult(Version=version, Instances=count)
+    note = None
+    if key is not None:
+        record = {"Digest": digest, "Instances": count, "At": int(time.time())}
+        note = (IMPORTS + key, json.dumps(record).encode())
+    version = fleet.import_fleet(store, doc, replace, note, progress)
+    return s.ImportResult(Version=version, Instances=count), False
+
+
+@router.post("/v1/fleet", response_model=s.ImportResult | s.ImportPlan,
+             operation_id="ImportFleet",
+             openapi_extra={**s.json_body(s.FLEET, "a fleet file (JSON)")},
+             responses={**responses(400, 422), 200: {
+                 "description": "imported (or, with dry-run, what it would change); asked "
+                                f"for {NDJSON}, one JSON line per stage, then the result",
+                 "content": {NDJSON: {}}}},
+             summary="Import a fleet file, all of it or nothing")
+async def import_fleet(
+    request: Request, ctx: Ctx,
+    replace: bool = Query(False, description="delete the instances not in the file; its "
+                                             "defaults replace the stored ones"),
+    dry_run: bool = Query(False, alias="dry-run", description="change nothing; say what "
+                                                              "the import would change"),
+    idempotency_key: str | None = Header(None, description="a key of the client's choosing: "
+                                                           "the same import sent again with "
+                                                           "it is not made twice"),
+) -> Response:
+    if idempotency_key is not None and not _KEY.fullmatch(idempotency_key):
+        raise ApiError(400, "InvalidParameter",
+                       "Idempotency-Key: 1-128 letters, digits, '.', '_', ':' or '-'")
+    body = await request.body()
+    doc = await read_json(request)
+    if dry_run:
+        return JSONResponse(await ctx.run(fleet.plan_import, ctx.store, doc, replace))
+    digest = hashlib.sha256(b"replace\0" if replace else b"merge\0").hexdigest()
+    digest = hashlib.sha256(digest.encode() + body).hexdigest()
+    work = functools.partial(_import, ctx.store, doc, replace, idempotency_key, digest)
+    if NDJSON in request.headers.get("accept", ""):
+        return StreamingResponse(_streamed(ctx, request, work, replace), media_type=NDJSON)
+    result, again = await ctx.run(work, fleet.no_progress)
+    _audit(ctx, request, result, again, replace)
+    return JSONResponse(result.model_dump(),
+                        headers={"Idempotent-Replayed": "true"} if again else None)
+
+
+def _audit(ctx: ControlContext, request: Request, result: s.ImportResult, again: bool,
+           replace: bool) -> None:
+    if not again:
+        ctx.record(request, "import", "fleet", instances=result.Instances, replace=replace)
+
+
+async def _streamed(ctx: ControlContext, request: Request,
+                    work: Callable[[fleet.Progress], tuple[s.ImportResult, bool]],
+                    replace: bool) -> AsyncIterator[bytes]:
+    """The import's stages as they happen, a JSON line each (at most ten a second), then
+    `{"Result": …}` or `{"Error": {"Status", "Code", "Message"}}`."""
+    loop = asyncio.get_running_loop()
+    stages: asyncio.Queue[tuple[str, int, int]] = asyncio.Queue()
+    last = [0.0]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done in (0, total) or now - last[0] >= 0.1:
+            last[0] = now
+            loop.call_soon_threadsafe(stages.put_nowait, (stage, done, total))
+
+    task = asyncio.ensure_future(ctx.run(work, progress))
+
+    def audit(done: asyncio.Future[tuple[s.ImportResult, bool]]) -> None:
+        """Audited when done, even if the client has gone away by then."""
+        if not done.cancelled() and done.exception() is None:
+            _audit(ctx, request, *done.result(), replace)
+
+    task.add_done_callback(audit)
+    while not task.done() or not stages.empty():
+        waiting = asyncio.ensure_future(stages.get())
+        await asyncio.wait([task, waiting], return_when=asyncio.FIRST_COMPLETED)
+        if waiting.done():
+            stage, done, total = waiting.result()
+            yield _line({"Stage": stage, "Done": done, "Total": total})
+        else:
+            waiting.cancel()
+    try:
+        result, again = task.result()
+    except Exception as exc:
+        answer = error_of(exc)
+        yield _line({"Error": {"Status": answer.status_code, **json.loads(bytes(answer.body))}})
+        return
+    yield _line({"Result": result.model_dump(), "Replayed": again})
+
+
+def _line(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"

@@ -128,7 +128,7 @@ async def patch_instance(instance_id: str, request: Request, ctx: Ctx) -> JSONRe
     if not isinstance(patch, dict):
         raise ApiError(400, "InvalidParameter", "a merge patch must be a JSON object")
     inst, rev = await ctx.run(fleet.modify_instance, ctx.store, instance_id,
-                              lambda doc: merge_patch(doc, patch), if_match(request))
+                              lambda doc: fleet.merge_patch(doc, patch), if_match(request))
     ctx.record(request, "patch", instance_id, fields=sorted(patch))
     return instance_response(inst.to_doc(), rev)
 
@@ -149,14 +149,3 @@ async def change(ctx: ControlContext, request: Request, instance_id: str, action
                             if_match(request))
     ctx.record(request, action, instance_id, **details)
     return inst
-
-
-def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> None:
-    """RFC 7396 JSON merge patch, in place: null deletes, objects merge, the rest replaces."""
-    for key, value in patch.items():
-        if value is None:
-            target.pop(key, None)
-        elif isinstance(value, dict) and isinstance(target.get(key), dict):
-            merge_patch(target[key], value)
-        else:
-            target[key] = value
