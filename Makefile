@@ -8,8 +8,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell $(PYTHON) -c 'import hashlib,sys;print(hashlib.sha1(open("pyproject.toml","rb").read()).hexdigest()[:12])')
 # Debian packages the tests and benchmarks drive: command → package. PostgreSQL's tools are
 # not on PATH in Debian, so its command is a path (the tests start a cluster of their own).
+# runuser runs tests as an unprivileged user, from a venv of Debian's python3 (tests/installed.py).
 DEB_TOOLS := ip:iproute2 curl:curl openssl:openssl /usr/lib/postgresql/*/bin/initdb:postgresql \
-             chromium:chromium
+             chromium:chromium runuser:util-linux unshare:util-linux /usr/bin/python3:python3
 
 # What `make bench` drives, the same way.
 BENCH_TOOLS := wrk:wrk nginx:nginx taskset:util-linux

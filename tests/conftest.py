@@ -12,9 +12,10 @@ from __future__ import annotations
 import pytest
 
 from e2e import server, topo
+from installed import installed
 from pg import pg_url, postgres
 
-__all__ = ["pg_url", "postgres", "server", "topo"]
+__all__ = ["installed", "pg_url", "postgres", "server", "topo"]
 
 CORE = {"test_model", "test_catalogue", "test_decide", "test_tokens", "test_ratelimit",
         "test_index", "test_proxy"}

@@ -1,24 +1,33 @@
-"""The server's configuration file (YAML) and its defaults.
+"""The server's configuration file (YAML), its defaults, and its validation.
 
-Every setting has a default that works on a laptop; see README "Settings" for each one.
+Every setting is one row of `SETTINGS`: its dotted name (`limits.rate`), how a value is
+read (a parser that raises `ValidationError` with what to do), its default, and whether a
+running server applies a new value on SIGHUP. To add a setting, add a row and a field of
+the same name (dashes → underscores) to the dataclass of its section (`SECTIONS`).
+
+`load` reads a file and reports every problem at once (`ConfigError`), each as one line
+naming the file and the setting in one notation: `listeners[0].bind`, `limits.rate`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ecs_imds.errors import ValidationError
+from ecs_imds.errors import ConfigError, ValidationError
 from ecs_imds.protocol.model import HOST_ID
 from ecs_imds.store.base import DEFAULT_RETENTION
 
 DEFAULT_ENDPOINT = "http://100.100.100.200"
 DEFAULT_API_BIND = "127.0.0.1:9180"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 def default_data_dir() -> Path:
@@ -32,8 +41,10 @@ class Listener:
     """An address the data plane listens on, and the VPC whose instances call it there."""
 
     host: str
-    port: int
+    port: int  # 0: any free port (the server reports the one it got)
     vpc_id: str
+    # Source address → instance id, for loopback and tests. The running data plane reads
+    # this very dict, so a reload (SIGHUP) updates it in place.
     aliases: dict[str, str] = field(default_factory=dict)
     # PROXY protocol v2: the peers (addresses or CIDRs) whose header names the caller;
     # None: the listener does not speak it.
@@ -41,7 +52,7 @@ class Listener:
 
     @property
     def bind(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return join_bind(self.host, self.port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +92,11 @@ class ApiSettings:
     token_max_lifetime: int = 365 * 86400  # the longest it may be asked to live
     body_limit: int = 256 * 1024 * 1024  # bytes of a request body: ~300k instances as JSON
 
+    @property
+    def url(self) -> str:
+        """How a client reaches it (an http:// or unix:// URL)."""
+        return f"unix://{self.unix}" if self.unix else f"http://{self.bind}"
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -99,6 +115,8 @@ class Config:
     api: ApiSettings = field(default_factory=ApiSettings)
     audit_log: Path | None = None
     access_log: Path | None = None
+    log_level: str = "info"
+    log_format: str = "text"
 
     @property
     def audit_path(self) -> Path:
@@ -108,38 +126,193 @@ class Config:
     def admin_token_path(self) -> Path:
         return self.data_dir / "admin.token"
 
+    @property
+    def store_path(self) -> Path | None:
+        """The SQLite file, or None for a PostgreSQL store."""
+        if not self.store:
+            return self.data_dir / "ecs-imds.db"
+        if self.store.startswith("sqlite:///"):
+            return Path(self.store.removeprefix("sqlite://"))
+        return None
+
+
+def loopback_aliases(instance_ids: list[str]) -> dict[str, str]:
+    """127.0.0.1 for the first instance, 127.0.0.2 for the next…: on loopback, a caller
+    picks the instance it stands for by its source address (`curl --interface 127.0.0.2`)."""
+    first = ipaddress.ip_address("127.0.0.1")
+    return {str(first + i): iid for i, iid in enumerate(instance_ids)}
+
+
+# -- parsers: (value, where) → the setting's value, or ValidationError saying what to do ------
+Parser = Callable[[Any, str], Any]
+
+
+def join_bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
 
 def parse_bind(value: str, where: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
+    host, sep, port = str(value).rpartition(":")
     host = host.strip("[]")
     try:
         ipaddress.ip_address(host)
         number = int(port)
-        if not sep or not 0 < number < 65536:
+        if not sep or not 0 <= number < 65536:
             raise ValueError
     except ValueError:
-        raise ValidationError(where, f"{value!r} is not ADDRESS:PORT") from None
+        raise ValidationError(where, f"{value!r} is not ADDRESS:PORT; give e.g. "
+                                     "127.0.0.1:8080 or [::1]:8080") from None
     return host, number
 
 
+def number(minimum: float = 0, maximum: float | None = None, integer: bool = False,
+           unit: str = "") -> Parser:
+    """A number in [minimum, maximum]; a whole number when `integer`."""
+    kind = "a whole number" if integer else "a number"
+    span = f" from {minimum:g}" + (f" to {maximum:g}" if maximum is not None else "")
+
+    def parse(value: Any, where: str) -> Any:
+        ok = isinstance(value, int) or (isinstance(value, float) and not integer)
+        if (isinstance(value, bool) or not ok or value < minimum
+                or (maximum is not None and value > maximum)):
+            raise ValidationError(where, f"got {value!r}; give {kind}{span}{unit}")
+        return int(value) if integer else float(value)
+    return parse
+
+
+def choice(*options: str) -> Parser:
+    def parse(value: Any, where: str) -> str:
+        if value not in options:
+            raise ValidationError(where, f"{value!r} is not allowed; give one of "
+                                         f"{', '.join(options)}")
+        return str(value)
+    return parse
+
+
+def text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValidationError(where, f"{value!r} is not a string; give a non-empty string")
+    return value
+
+
+def path(value: Any, where: str) -> Path:
+    return Path(os.path.expanduser(text(value, where)))
+
+
+def strings(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(v, str) and v for v in value):
+        raise ValidationError(where, "must be a list of strings, e.g. [/usr/bin/broker, --json]")
+    return tuple(value)
+
+
+def store_url(value: Any, where: str) -> str:
+    """`sqlite:///PATH` (its directory must exist: a typo must not start an empty fleet) or
+    a PostgreSQL URL."""
+    url = text(value, where)
+    if url.startswith("sqlite:///"):
+        directory = Path(url.removeprefix("sqlite://")).parent
+        if not directory.is_dir():
+            raise ValidationError(where, f"directory {directory} of {url} does not exist; "
+                                         "create it or correct the URL")
+        return url
+    if url.startswith(("postgresql://", "postgres://")):
+        return url
+    raise ValidationError(where, f"{url!r} is not a store URL; give sqlite:///PATH or "
+                                 "postgresql://USER@HOST/DB")
+
+
+def store(doc: Any, where: str) -> tuple[str | None, str | None, float]:
+    """`store: URL`, or `store: {url, read-url, change-log-retention}`: the store, the hot
+    standby the change feed reads from, how long the change log keeps its rows."""
+    if doc is None or isinstance(doc, str):
+        return doc and store_url(doc, where), None, DEFAULT_RETENTION
+    if not isinstance(doc, dict) or set(doc) - {"url", "read-url", "change-log-retention"}:
+        raise ValidationError(where, "must be a URL, or have url, read-url and "
+                                     "change-log-retention")
+    url = store_url(doc["url"], f"{where}.url") if doc.get("url") is not None else None
+    read_url = doc.get("read-url")
+    if read_url is not None:
+        read_url = store_url(read_url, f"{where}.read-url")
+        if not (url or "").startswith(("postgresql://", "postgres://")):
+            raise ValidationError(f"{where}.read-url", "needs a PostgreSQL store.url (the "
+                                                       "primary the control plane writes to)")
+        if not read_url.startswith(("postgresql://", "postgres://")):
+            raise ValidationError(f"{where}.read-url", "must be a postgresql:// URL (a hot "
+                                                       "standby)")
+    retention = number(0, unit=" seconds")(doc.get("change-log-retention", DEFAULT_RETENTION),
+                                           f"{where}.change-log-retention")
+    return url, read_url, retention
+
+
+def scope(doc: Any, where: str) -> frozenset[str] | None:
+    """`scope: {hosts: [HOST, …]}`: serve only the instances placed on those hosts."""
+    if doc is None:
+        return None
+    hosts = doc.get("hosts") if isinstance(doc, dict) and set(doc) == {"hosts"} else None
+    if not isinstance(hosts, list) or not hosts:
+        raise ValidationError(where, "needs hosts: [the hosts (dedicated-host-id) whose "
+                                     "instances this server serves]; leave scope out to serve "
+                                     "all")
+    for i, host in enumerate(hosts):
+        if not isinstance(host, str) or not HOST_ID.fullmatch(host):
+            raise ValidationError(f"{where}.hosts[{i}]", f"{host!r} is not a host id "
+                                                         "(letters, digits, . _ : -)")
+    return frozenset(hosts)
+
+
+def listeners(value: Any, where: str) -> tuple[Listener, ...]:
+    if not isinstance(value, list):
+        raise ValidationError(where, "must be a list of {bind: ADDRESS:PORT, vpc-id: VPC}")
+    problems: list[ValidationError] = []
+    out = []
+    for i, doc in enumerate(value):
+        try:
+            out.append(_listener(doc, f"{where}[{i}]"))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return tuple(out)
+
+
 def _listener(doc: Any, where: str) -> Listener:
-    if not isinstance(doc, dict) or not isinstance(doc.get("bind"), str):
-        raise ValidationError(where, "needs bind: ADDRESS:PORT and vpc-id")
-    host, port = parse_bind(doc["bind"], f"{where}.bind")
-    vpc_id = doc.get("vpc-id")
-    if not isinstance(vpc_id, str) or not vpc_id:
-        raise ValidationError(f"{where}.vpc-id", "is required")
-    aliases = doc.get("aliases") or {}
-    if not isinstance(aliases, dict):
-        raise ValidationError(f"{where}.aliases", "must map addresses to instance ids")
-    unknown = set(doc) - {"bind", "vpc-id", "aliases", "proxy-protocol"}
-    if unknown:
-        raise ValidationError(f"{where}.{sorted(unknown)[0]}", "is not a known setting")
-    trusted = None
-    if "proxy-protocol" in doc:
-        trusted = _proxy_trusted(doc["proxy-protocol"], f"{where}.proxy-protocol")
-    return Listener(host, port, vpc_id, {str(k): str(v) for k, v in aliases.items()},
-                    trusted)
+    if not isinstance(doc, dict):
+        raise ConfigError([ValidationError(where, "must be a mapping with bind and vpc-id")])
+    problems: list[ValidationError] = []
+
+    def get(key: str, parse: Parser, default: Any = None) -> Any:
+        if key not in doc:
+            if default is None:
+                problems.append(ValidationError(f"{where}.{key}", "is required"))
+            return default
+        try:
+            return parse(doc[key], f"{where}.{key}")
+        except ValidationError as exc:
+            problems.append(exc)
+            return default
+
+    for key in sorted(set(doc) - {"bind", "vpc-id", "aliases", "proxy-protocol"}, key=str):
+        problems.append(_unknown(f"{where}.{key}", ("bind", "vpc-id", "aliases",
+                                                    "proxy-protocol")))
+    host, port = get("bind", parse_bind) or ("", 0)
+    vpc_id = get("vpc-id", text)
+    aliases = get("aliases", _aliases, {})
+    trusted = get("proxy-protocol", _proxy_trusted, ())
+    if problems:
+        raise ConfigError(problems)
+    return Listener(host, port, vpc_id, aliases, trusted or None)
+
+
+def _aliases(doc: Any, where: str) -> dict[str, str]:
+    if not isinstance(doc, dict):
+        raise ValidationError(where, "must map source addresses to instance ids")
+    for address in doc:
+        try:
+            ipaddress.ip_address(str(address))
+        except ValueError:
+            raise ValidationError(f"{where}.{address}", "is not an IP address") from None
+    return {str(k): str(v) for k, v in doc.items()}
 
 
 def _proxy_trusted(doc: Any, where: str) -> tuple[str, ...]:
@@ -157,126 +330,231 @@ def _proxy_trusted(doc: Any, where: str) -> tuple[str, ...]:
     return tuple(networks)
 
 
-def _section(doc: dict[str, Any], name: str, cls: Any, where: str) -> Any:
-    sub = doc.get(name) or {}
-    if not isinstance(sub, dict):
-        raise ValidationError(name, "must be a mapping")
-    names = {f.replace("_", "-"): f for f in cls.__dataclass_fields__}
-    values: dict[str, Any] = {}
-    for key, value in sub.items():
-        if key not in names:
-            raise ValidationError(f"{name}.{key}", "is not a known setting")
-        default = getattr(cls(), names[key])
-        if isinstance(default, float | int) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValidationError(f"{name}.{key}", "must be a non-negative number")
-            value = type(default)(value)
-        elif isinstance(default, tuple):
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ValidationError(f"{name}.{key}", "must be a list of strings")
-            value = tuple(value)
-        values[names[key]] = value
-    return cls(**values)
-
-
-def _api(doc: Any) -> ApiSettings:
+def api(doc: Any, where: str) -> ApiSettings:
+    """`false`, or `{bind: ADDRESS:PORT | unix: PATH, open-metrics, token-lifetime,
+    token-max-lifetime, body-limit}`; as an option (`serve --api`): `off`, `unix:PATH` or
+    `ADDRESS:PORT`."""
+    if isinstance(doc, str):
+        doc = (False if doc in ("off", "false") else {"unix": doc.removeprefix("unix:")}
+               if doc.startswith("unix:") else {"bind": doc})
     if doc is False:
         return ApiSettings(enabled=False)
     if not isinstance(doc, dict):
-        raise ValidationError("api", "must be false or have bind: ADDRESS:PORT or unix: PATH")
-    settings: ApiSettings = _section(
-        {"api": {k: v for k, v in doc.items() if k not in ("bind", "unix")}}, "api",
-        ApiSettings, "api")
-    if not isinstance(settings.open_metrics, bool):
-        raise ValidationError("api.open-metrics", "must be true or false")
-    for key in ("token-lifetime", "token-max-lifetime", "body-limit"):
-        if getattr(settings, key.replace("-", "_")) < 1:
-            raise ValidationError(f"api.{key}", "must be at least 1")
+        raise ValidationError(where, "must be false or have bind: ADDRESS:PORT or unix: PATH")
+    known = ("bind", "unix", *API_SETTINGS)
+    unknown = sorted(set(doc) - set(known), key=str)
+    if unknown:
+        raise _unknown(f"{where}.{unknown[0]}", known)
+    values = {key.replace("-", "_"): parse(doc[key], f"{where}.{key}")
+              for key, parse in API_SETTINGS.items() if key in doc}
+    settings = ApiSettings(**values)
     if settings.token_lifetime > settings.token_max_lifetime:
-        raise ValidationError("api.token-lifetime", "must not exceed api.token-max-lifetime")
-    if doc.get("bind"):
-        parse_bind(str(doc["bind"]), "api.bind")
+        raise ValidationError(f"{where}.token-lifetime", "must not exceed "
+                                                         "api.token-max-lifetime")
     if doc.get("unix"):
         return replace(settings, bind=None, unix=str(doc["unix"]))
-    return replace(settings, bind=str(doc.get("bind") or DEFAULT_API_BIND))
+    bind = str(doc.get("bind") or DEFAULT_API_BIND)
+    parse_bind(bind, f"{where}.bind")
+    return replace(settings, bind=bind)
 
 
-def _store(doc: Any) -> tuple[str | None, str | None, float]:
-    """`store: URL`, or `store: {url, read-url, change-log-retention}`."""
-    if doc is None or isinstance(doc, str):
-        return doc or None, None, DEFAULT_RETENTION
-    if not isinstance(doc, dict) or set(doc) - {"url", "read-url", "change-log-retention"}:
-        raise ValidationError("store", "must be a URL, or have url, read-url and "
-                              "change-log-retention")
-    url, read_url = doc.get("url"), doc.get("read-url")
-    for key, value in (("url", url), ("read-url", read_url)):
-        if value is not None and not isinstance(value, str):
-            raise ValidationError(f"store.{key}", "must be a URL")
-    if read_url and not (url or "").startswith(("postgresql://", "postgres://")):
-        raise ValidationError("store.read-url", "needs a PostgreSQL store.url (the primary "
-                              "the control plane writes to)")
-    if read_url and not read_url.startswith(("postgresql://", "postgres://")):
-        raise ValidationError("store.read-url", "must be a postgresql:// URL (a hot standby)")
-    retention = doc.get("change-log-retention", DEFAULT_RETENTION)
-    if isinstance(retention, bool) or not isinstance(retention, int | float) or retention < 0:
-        raise ValidationError("store.change-log-retention", "must be a number of seconds")
-    return url or None, read_url or None, float(retention)
+def boolean(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError(where, f"got {value!r}; give true or false")
+    return value
 
 
-def _scope(doc: Any) -> frozenset[str] | None:
-    """`scope: {hosts: [HOST, …]}`: serve only the instances placed on those hosts."""
-    if doc is None:
-        return None
-    hosts = doc.get("hosts") if isinstance(doc, dict) and set(doc) == {"hosts"} else None
-    if not isinstance(hosts, list) or not hosts:
-        raise ValidationError("scope", "needs hosts: [the hosts (dedicated-host-id) whose "
-                              "instances this server serves]; leave scope out to serve all")
-    for i, host in enumerate(hosts):
-        if not isinstance(host, str) or not HOST_ID.fullmatch(host):
-            raise ValidationError(f"scope.hosts[{i}]", f"{host!r} is not a host id (letters, "
-                                  "digits, . _ : -)")
-    return frozenset(hosts)
+API_SETTINGS: dict[str, Parser] = {
+    "open-metrics": boolean,
+    "token-lifetime": number(1, integer=True, unit=" seconds"),
+    "token-max-lifetime": number(1, integer=True, unit=" seconds"),
+    "body-limit": number(1, integer=True, unit=" bytes"),
+}
 
 
-def load(path: Path | None, **overrides: Any) -> Config:
-    """The config file (if any) with command-line overrides applied on top."""
-    doc: dict[str, Any] = {}
-    if path is not None:
-        loaded = yaml.safe_load(path.read_text())
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValidationError("", f"{path} must hold a mapping")
-        doc = loaded or {}
-    known = {"data-dir", "store", "scope", "listeners", "limits", "credentials",
-             "poll-interval", "workers", "api", "audit-log", "access-log"}
-    for key in doc:
-        if key not in known:
-            raise ValidationError(str(key), "is not a known setting")
-    creds = _section(doc, "credentials", CredentialSettings, "credentials")
-    if creds.issuer not in ("builtin", "static", "command"):
-        raise ValidationError("credentials.issuer", "must be builtin, static or command")
+@dataclass(frozen=True, slots=True)
+class Setting:
+    parse: Parser
+    help: str
+    reload: bool = False  # a running server applies a new value on SIGHUP
+    into: tuple[str, ...] = ()  # the Config fields a tuple value spreads over (else its own)
+
+
+SETTINGS: dict[str, Setting] = {
+    "data-dir": Setting(path, "the SQLite store, generated keys, the admin token"),
+    "store": Setting(store, "sqlite:///PATH or postgresql://… (default: in data-dir), or "
+                     "{url, read-url, change-log-retention}",
+                     into=("store", "store_read", "log_retention")),
+    "scope": Setting(scope, "{hosts: [...]}: serve only the instances placed there"),
+    "listeners": Setting(listeners, "the data plane's addresses, one per VPC", reload=True),
+    "limits.request-line": Setting(number(64, integer=True, unit=" bytes"), "longer → 414"),
+    "limits.headers": Setting(number(256, integer=True, unit=" bytes"), "more → 431"),
+    "limits.put-body": Setting(number(0, integer=True, unit=" bytes"), "more → 413"),
+    "limits.rate": Setting(number(0, unit=" requests/s (0: no limit)"), "per instance → 429"),
+    "limits.burst": Setting(number(0, unit=" requests"), "an instance may send at once"),
+    "limits.idle-timeout": Setting(number(0.1, unit=" seconds"), "keep-alive idle time"),
+    "limits.request-timeout": Setting(number(0.1, unit=" seconds"), "first byte to end"),
+    "credentials.issuer": Setting(choice("builtin", "static", "command"), "RAM credentials"),
+    "credentials.lifetime": Setting(number(60, integer=True, unit=" seconds"), "builtin"),
+    "credentials.refresh": Setting(number(0, integer=True, unit=" seconds"), "builtin"),
+    "credentials.static-dir": Setting(text, "static: <role>.json files"),
+    "credentials.command": Setting(strings, "command: prints the credential JSON"),
+    "poll-interval": Setting(number(0.01, 3600, unit=" seconds, e.g. 0.2"), "store polling"),
+    "workers": Setting(number(1, 256, integer=True, unit=", e.g. 2"), "data plane processes"),
+    "api": Setting(api, "the control plane's listener, or false"),
+    "audit-log": Setting(path, "the control plane's audit log"),
+    "access-log": Setting(path, "the data plane's access log (off when unset)"),
+    "log-level": Setting(choice(*LOG_LEVELS), "the server's log", reload=True),
+    "log-format": Setting(choice(*LOG_FORMATS), "the server's log", reload=True),
+}
+
+# Where a dotted section's settings go: `limits.rate` → Limits.rate.
+SECTIONS: dict[str, type[Any]] = {"limits": Limits, "credentials": CredentialSettings}
+
+
+def _unknown(where: str, known: tuple[str, ...]) -> ValidationError:
+    return ValidationError(where, f"is not a known setting; known here: {', '.join(known)}")
+
+
+def _flatten(doc: Mapping[str, Any], problems: list[ValidationError]) -> dict[str, Any]:
+    """`{limits: {rate: 1}}` → `{"limits.rate": 1}`; unknown names are problems."""
+    flat: dict[str, Any] = {}
+    top = tuple(dict.fromkeys(name.split(".")[0] for name in SETTINGS))
+    for key, value in doc.items():
+        key = str(key)
+        if key in SECTIONS:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                problems.append(ValidationError(key, "must be a mapping of settings"))
+                continue
+            known = tuple(n.split(".", 1)[1] for n in SETTINGS if n.startswith(key + "."))
+            for sub, subvalue in value.items():
+                name = f"{key}.{sub}"
+                if name in SETTINGS:
+                    flat[name] = subvalue
+                else:
+                    problems.append(_unknown(name, known))
+        elif key in SETTINGS:
+            flat[key] = value
+        else:
+            problems.append(_unknown(key, top))
+    return flat
+
+
+def _build(values: Mapping[str, Any]) -> Config:
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for name, value in values.items():
+        section, _, key = name.rpartition(".")
+        if SETTINGS[name].into:
+            top.update(zip(SETTINGS[name].into, value, strict=True))
+        else:
+            (sections[section] if section else top)[key.replace("-", "_")] = value
+    for name, cls in SECTIONS.items():
+        top[name] = cls(**sections[name])
+    return Config(**top)
+
+
+def _check(config: Config, problems: list[ValidationError]) -> None:
+    """Rules that tie settings together."""
+    creds = config.credentials
     if creds.issuer == "static" and not creds.static_dir:
-        raise ValidationError("credentials.static-dir", "is required for the static issuer")
+        problems.append(ValidationError("credentials.static-dir",
+                                        "is required for the static issuer; give a directory"))
     if creds.issuer == "command" and not creds.command:
-        raise ValidationError("credentials.command", "is required for the command issuer")
-    api = _api(doc.get("api", {}))
-    listeners = doc.get("listeners") or []
-    if not isinstance(listeners, list):
-        raise ValidationError("listeners", "must be a list")
-    store, store_read, retention = _store(doc.get("store"))
-    config = Config(
-        data_dir=Path(doc["data-dir"]) if doc.get("data-dir") else default_data_dir(),
-        store=store,
-        store_read=store_read,
-        log_retention=retention,
-        scope=_scope(doc.get("scope")),
-        listeners=tuple(_listener(d, f"listeners[{i}]") for i, d in enumerate(listeners)),
-        limits=_section(doc, "limits", Limits, "limits"),
-        credentials=creds,
-        poll_interval=float(doc.get("poll-interval", 0.2)),
-        workers=int(doc.get("workers", 1)),
-        api=api,
-        audit_log=Path(doc["audit-log"]) if doc.get("audit-log") else None,
-        access_log=Path(doc["access-log"]) if doc.get("access-log") else None,
-    )
-    changes = {k: v for k, v in overrides.items() if v is not None}
-    return replace(config, **changes) if changes else config
+        problems.append(ValidationError("credentials.command",
+                                        "is required for the command issuer; give the argv"))
+    if config.workers > 1:
+        for i, lst in enumerate(config.listeners):
+            if lst.port == 0:
+                problems.append(ValidationError(f"listeners[{i}].bind", "port 0 (any free "
+                                                "port) needs workers: 1; give a port"))
+
+
+def read_yaml(file: Path) -> Any:
+    """A YAML document; a syntax error is one line with its place and what to do."""
+    try:
+        return yaml.load(file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        place = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(file)
+        problem = ValidationError(place, f"not valid YAML ({exc.problem}); fix the syntax")
+    except yaml.YAMLError as exc:
+        problem = ValidationError(str(file), f"not valid YAML ({exc}); fix the syntax")
+    except UnicodeDecodeError:
+        problem = ValidationError(str(file), "is not UTF-8 text; save it as UTF-8")
+    except OSError as exc:
+        problem = ValidationError(str(file), f"cannot be read ({exc.strerror}); check the "
+                                             "path and its permissions")
+    raise ConfigError([problem])
+
+
+def load(file: Path | None, **overrides: Any) -> Config:
+    """The config file (if any) with command-line overrides on top (`data_dir="…"`: named
+    as the option `--data-dir` in errors); every problem at once in one `ConfigError`,
+    each located as `FILE: SETTING`."""
+    doc: Any = {}
+    if file is not None:
+        doc = read_yaml(file)
+        if doc is None:
+            doc = {}
+        if not isinstance(doc, dict):
+            raise ConfigError([ValidationError(str(file), "must hold a mapping of settings "
+                                                          "(data-dir: …)")])
+    problems: list[ValidationError] = []
+    values: dict[str, Any] = {}
+    for name, value in _flatten(doc, problems).items():
+        try:
+            values[name] = SETTINGS[name].parse(value, name)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        except ValidationError as exc:
+            problems.append(exc)
+    options: list[ValidationError] = []
+    for key, value in overrides.items():
+        if value is not None:
+            name = key.replace("_", "-")
+            try:
+                values[name] = SETTINGS[name].parse(str(value), f"--{name}")
+            except ValidationError as exc:
+                options.append(exc)
+    config = _build(values)
+    _check(config, problems)
+    if problems or options:
+        raise ConfigError(problems, str(file) if file is not None else "", options)
+    return config
+
+
+def effective(config: Config) -> dict[str, Any]:
+    """Every setting with the value in force (for `config check`), in file notation."""
+    out: dict[str, Any] = {}
+    for name in SETTINGS:
+        section, _, key = name.rpartition(".")
+        owner = getattr(config, section) if section else config
+        out[name] = getattr(owner, key.replace("-", "_"))
+    url = config.store or f"sqlite://{config.store_path}"
+    out["data-dir"] = str(config.data_dir)
+    out["store"] = url if (config.store_read, config.log_retention) == (
+        None, DEFAULT_RETENTION) else {"url": url, "read-url": config.store_read,
+                                       "change-log-retention": config.log_retention}
+    out["scope"] = {"hosts": sorted(config.scope)} if config.scope else None
+    out["listeners"] = [{"bind": lst.bind, "vpc-id": lst.vpc_id,
+                         **({"aliases": lst.aliases} if lst.aliases else {}),
+                         **({"proxy-protocol": {"trusted": list(lst.proxy_trusted)}}
+                            if lst.proxy_trusted else {})} for lst in config.listeners]
+    out["api"] = False if not config.api.enabled else {
+        **({"unix": config.api.unix} if config.api.unix else {"bind": config.api.bind}),
+        **{key: getattr(config.api, key.replace("-", "_")) for key in API_SETTINGS}}
+    out["audit-log"] = str(config.audit_path)
+    out["access-log"] = str(config.access_log) if config.access_log else None
+    out["credentials.command"] = list(config.credentials.command)
+    return out
+
+
+def differences(old: Config, new: Config) -> list[str]:
+    """The settings whose values differ, by name."""
+    a, b = effective(old), effective(new)
+    return [name for name in SETTINGS if a[name] != b[name]]
+
+

@@ -2,6 +2,7 @@
 
     Exception
     ├── ValidationError (ValueError)   operator input that cannot be served: the field is named
+    │   └── ConfigError                every problem of a config file at once, a line each
     ├── CredentialError                no RAM credential can be had (an issuer failed)
     ├── StoreError                     the store said no
     │   ├── StoreUnavailable (OSError) it cannot be reached (database down, hung, refusing)
@@ -31,9 +32,24 @@ class ValidationError(ValueError):
         self.field = field
         self.message = message
 
-    def within(self, prefix: str) -> ValidationError:
+    def within(self, prefix: str, sep: str = ".") -> ValidationError:
         """The same error, located inside a larger document (e.g. `instances[2] (i-x)`)."""
-        return ValidationError(f"{prefix}.{self.field}" if self.field else prefix, self.message)
+        return ValidationError(f"{prefix}{sep}{self.field}" if self.field else prefix,
+                               self.message)
+
+
+class ConfigError(ValidationError):
+    """Settings that cannot be used: every problem found at once (`problems`), each one line
+    naming where it is (`source`, the file, for all but `options`: command-line options),
+    the setting (`config.yaml: limits.rate: …`) and what to do. `field` is the first's."""
+
+    def __init__(self, problems: list[ValidationError], source: str = "",
+                 options: list[ValidationError] | None = None) -> None:
+        self.problems = [*problems, *(options or [])]
+        self.lines = [f"{source}: {p}" if source else str(p) for p in problems] + [
+            str(p) for p in options or []]
+        super().__init__(self.problems[0].field, self.problems[0].message)
+        self.args = ("\n".join(self.lines),)
 
 
 class CredentialError(Exception):

@@ -18,22 +18,13 @@ import click
 from rich.table import Table
 
 from ecs_imds.cli.fleetfile import describe_plan, progress_bar, read_fleet_file
+from ecs_imds.cli.settings import config_of
 from ecs_imds.cli.tables import pairs, printable, show, table
 from ecs_imds.clients.control import AdminClient
-from ecs_imds.config import Config, load
 from ecs_imds.control import fleet
-from ecs_imds.errors import ControlPlaneError, OutcomeUnknown, ValidationError
+from ecs_imds.errors import ControlPlaneError, OutcomeUnknown
 
 T = TypeVar("T")
-
-
-def config_of(ctx: click.Context) -> Config:
-    """The config file and the global options of the command line."""
-    opts = ctx.find_root().params
-    try:
-        return load(opts.get("config"), data_dir=opts.get("data_dir"), store=opts.get("store"))
-    except ValidationError as exc:
-        raise click.ClickException(f"config: {exc}") from None
 
 
 class Admin:

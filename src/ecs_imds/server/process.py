@@ -1,23 +1,34 @@
 """Assembling a running server: store → secrets → snapshot feed → data plane listeners, and
-the control plane (REST API) on its own listener in the same process and event loop."""
+the control plane (REST API) on its own listener in the same process and event loop.
+
+Start-up fails early and in one line: a setting that cannot be served (a port in use, an
+unwritable data dir, a store that cannot be opened) raises `ValidationError` naming it.
+SIGINT/SIGTERM stop the server; SIGHUP re-reads the config and applies what is safe to
+change while serving (log level and format, listener aliases), logging what it did not.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
 import socket
+import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import uvicorn
 import uvloop
 from fastapi import FastAPI
 
-from ecs_imds.config import ApiSettings, Config, parse_bind
+from ecs_imds import logs
+from ecs_imds.config import ApiSettings, Config, Listener, differences, join_bind, parse_bind
 from ecs_imds.control import auth, console
 from ecs_imds.control.app import create_app
 from ecs_imds.control.audit import Audit, json_logger
@@ -26,21 +37,36 @@ from ecs_imds.control.context import ControlContext
 from ecs_imds.control.routes import ROUTERS
 from ecs_imds.dataplane.fulfil import Fulfiller
 from ecs_imds.dataplane.plane import DataPlane, bind_socket
+from ecs_imds.errors import ValidationError
 from ecs_imds.issuers import open_issuer
 from ecs_imds.metrics import Metrics, MetricsBoard
 from ecs_imds.protocol.credentials import Issuer
 from ecs_imds.protocol.identity import IdentitySigner
 from ecs_imds.protocol.snapshot import Snapshot
+from ecs_imds.server import files
 from ecs_imds.server.workers import run_workers
 from ecs_imds.store import Store, keys, open_store
 from ecs_imds.store.feed import ChangeFeed, SnapshotBuilder
 
 log = logging.getLogger("ecs_imds")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """What a started server serves: its listeners with the ports they got (a port 0 in the
+    config is any free port) and the control plane's URL (None: no API)."""
+
+    listeners: tuple[Listener, ...]
+    api: str | None
 
 
 @dataclass
 class Service:
-    """Everything one server process runs; `run` serves until SIGINT/SIGTERM."""
+    """Everything one server process runs; `run` serves until SIGINT/SIGTERM.
+
+    `on_ready` is called once every listener accepts and the first snapshot serves;
+    `reload` reads the config anew (SIGHUP)."""
 
     config: Config
     store: Store
@@ -50,13 +76,20 @@ class Service:
     board: MetricsBoard | None = None  # with several workers: where each publishes metrics
     worker: int = 0
     plane: DataPlane | None = field(default=None, init=False)
+    on_ready: Callable[[Ready], None] | None = field(default=None, init=False)
+    reload: Callable[[], Config] | None = field(default=None, init=False)
     _identity: bytes = field(default=b"", init=False)
     _credential_secret: bytes = field(default=b"", init=False)
 
     @classmethod
     def open(cls, config: Config) -> Service:
         """Open the store and everything secret; a bad setting fails here, before serving."""
-        store = open_store(config.store, config.data_dir, config.log_retention)
+        files.prepare(config)
+        try:
+            store = open_store(config.store, config.data_dir, config.log_retention)
+        except (OSError, sqlite3.Error) as exc:
+            raise ValidationError("store", f"cannot be opened ({exc}); check the store URL "
+                                           "and that its directory is writable") from None
         keys.ensure_token_keys(store)
         identity = keys.identity_blob(store)
         authority = Authority(store.secret(SECRET_NAME, new_secret))
@@ -123,14 +156,14 @@ class Service:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(str(path))
+            _bind(lambda: sock.bind(str(path)), "api.unix", str(path))
             os.chmod(path, 0o600)
         else:
             assert api.bind is not None
             host, port = parse_bind(api.bind, "api.bind")
             sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
+            _bind(lambda: sock.bind((host, port)), "api.bind", api.bind)
         sock.listen(128)
         sock.setblocking(False)
         server = uvicorn.Server(uvicorn.Config(self.control_app(metrics), log_config=None,
@@ -138,7 +171,7 @@ class Service:
         server.config.load()
         server.lifespan = server.config.lifespan_class(server.config)
         await server.startup(sockets=[sock])
-        log.info("control plane listening on %s", api.unix or api.bind)
+        log.info("control plane listening on %s", _api_url(sock))
         return server, sock
 
     async def serve(self, stop: asyncio.Event | None = None) -> None:
@@ -147,7 +180,9 @@ class Service:
         server can answer, instance connections are refused at once, not left waiting."""
         loop = asyncio.get_running_loop()
         listeners = self.config.listeners
-        sockets = [bind_socket(lst, reuse_port=self.config.workers > 1) for lst in listeners]
+        reuse = self.config.workers > 1
+        sockets = [_bind(partial(bind_socket, lst, reuse_port=reuse), f"listeners[{i}].bind",
+                         lst.bind) for i, lst in enumerate(listeners)]
         metrics = self.metrics()
         # The API first: /readyz says "starting" while the first snapshot is built.
         api = await self._start_api(self.config.api, metrics) if self.config.api.enabled else None
@@ -177,6 +212,12 @@ class Service:
         stop = stop or asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        if self.on_ready is not None:
+            self.on_ready(Ready(
+                tuple(replace(lst, port=sock.getsockname()[1])
+                      for lst, sock in zip(listeners, sockets, strict=True)),
+                _api_url(api[1]) if api is not None else None))
         try:
             await stop.wait()
         finally:
@@ -209,7 +250,38 @@ class Service:
             except Exception as exc:  # the store is away: the next hour will do
                 log.warning("could not renew the admin token file: %s", exc)
 
+    def _reload(self) -> None:
+        """SIGHUP: re-read the config; apply the log settings and listener aliases (when the
+        listeners are the same), and say which other changes wait for a restart."""
+        if self.reload is None:
+            log.warning("SIGHUP: no config file to re-read")
+            return
+        try:
+            new = self.reload()
+        except ValidationError as exc:
+            log.error("SIGHUP: config not applied, still serving the old one: %s",
+                      str(exc).replace("\n", "; "))
+            return
+        old = self.config
+        applied: list[str] = [name for name in ("log-level", "log-format")
+                              if name in differences(old, new)]
+        if applied:
+            logs.configure(new.log_level, new.log_format)
+        if [_where(a) for a in old.listeners] == [_where(b) for b in new.listeners] and any(
+                a.aliases != b.aliases for a, b in zip(old.listeners, new.listeners, strict=True)):
+            for running, given in zip(old.listeners, new.listeners, strict=True):
+                running.aliases.clear()  # the data plane reads this very dict
+                running.aliases.update(given.aliases)
+            applied.append("listener aliases")
+        waiting = [name for name in differences(old, new) if name not in applied]
+        self.config = replace(old, log_level=new.log_level, log_format=new.log_format)
+        log.info("SIGHUP: config re-read; applied: %s", ", ".join(applied) or "nothing new")
+        if waiting:
+            log.warning("SIGHUP: not applied until a restart: %s", ", ".join(waiting))
+
     def run(self) -> None:
+        # SIGHUP's default would end the process before the loop installs its handler
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.admin_token()
         if self.config.workers <= 1:
             uvloop.run(self.serve())
@@ -225,4 +297,32 @@ class Service:
         api = self.config.api if index == 0 else replace(self.config.api, enabled=False)
         service = Service.open(replace(self.config, api=api))
         service.board, service.worker = board, index
+        service.reload = self.reload
+        service.on_ready = self.on_ready if index == 0 else None
         uvloop.run(service.serve())
+
+
+def _where(listener: Listener) -> tuple[object, ...]:
+    """What a listener is, aliases aside: what a reload cannot change while serving."""
+    return listener.host, listener.port, listener.vpc_id, listener.proxy_trusted
+
+
+def _bind(bind: Callable[[], T], where: str, address: str) -> T:
+    """Bind a socket; an address that cannot be had is a one-line error naming the setting."""
+    try:
+        return bind()
+    except OSError as exc:
+        advice = {errno.EADDRINUSE: "is in use; stop what listens there or choose another",
+                  errno.EACCES: "needs privilege (ports below 1024 need root or "
+                                "CAP_NET_BIND_SERVICE); run with it or choose a port above 1023",
+                  errno.EADDRNOTAVAIL: "is not an address of this host; add it or choose "
+                                       "another"}.get(exc.errno or 0, f"cannot be bound "
+                                                                  f"({exc.strerror})")
+        raise ValidationError(where, f"{address} {advice}") from None
+
+
+def _api_url(sock: socket.socket) -> str:
+    if sock.family == socket.AF_UNIX:
+        return f"unix://{sock.getsockname()}"
+    host, port = sock.getsockname()[:2]
+    return f"http://{join_bind(host, port)}"

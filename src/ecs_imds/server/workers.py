@@ -3,7 +3,8 @@
 One Python process serves from one core. With N workers the parent forks N children; each
 opens the store itself, builds its own snapshot and follows the change feed itself, and
 binds every listener with SO_REUSEPORT, so the kernel spreads connections over them. Only
-worker 0 runs the control plane. The parent only forwards SIGINT/SIGTERM and waits; when a
+worker 0 runs the control plane. The parent only forwards SIGINT/SIGTERM (and SIGHUP, a
+reload) and waits; when a
 worker dies, the others are stopped too and the parent exits with an error, so that a
 supervisor (systemd) restarts the whole service rather than leave it running short.
 """
@@ -30,13 +31,19 @@ def run_workers(count: int, serve: Callable[[int], None]) -> int:
         for pid in children:
             _kill(pid, signum)
 
+    def reload(signum: int, frame: object) -> None:
+        for pid in children:
+            _kill(pid, signum)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, reload)
     for index in range(count):
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until its loop handles it
             status = 0
             try:
                 serve(index)
