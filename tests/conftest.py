@@ -15,6 +15,8 @@ from e2e import server, topo
 from installed import installed
 from pg import pg_url, postgres
 
+pytest_plugins = ["pytester"]  # tests of the ecs_imds.testing plugin run pytest in pytest
+
 __all__ = ["installed", "pg_url", "postgres", "server", "topo"]
 
 CORE = {"test_model", "test_catalogue", "test_decide", "test_tokens", "test_ratelimit",

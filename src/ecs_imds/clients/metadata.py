@@ -24,6 +24,7 @@ class MetadataClient:
     retries: int = 3
     use_token: bool = False
     token_ttl: int = 21600
+    source_address: str | None = None  # bind this address (on loopback: which instance)
 
     def __post_init__(self) -> None:
         self.endpoint = self.endpoint or os.environ.get("ECS_IMDS_ENDPOINT") or DEFAULT_ENDPOINT
@@ -37,7 +38,9 @@ class MetadataClient:
                  ) -> tuple[int, bytes]:
         last: Exception | None = None
         for attempt in range(self.retries):
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+            conn = http.client.HTTPConnection(
+                self._host, self._port, timeout=self.timeout,
+                source_address=(self.source_address, 0) if self.source_address else None)
             try:
                 conn.request(method, path, headers=headers)
                 resp = conn.getresponse()
