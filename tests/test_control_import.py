@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import yaml
 
 from ecs_imds.clients.control import AdminClient
 from ecs_imds.demo import DEMO_VPC, demo_fleet
+from ecs_imds.errors import ControlPlaneError
 from pg import cluster, wait_until
 from server import ECS_IMDS, ServerProcess, demo_server, free_port
 
@@ -277,3 +279,35 @@ def test_admin_client_reports_refusals_with_their_code(server: ServerProcess) ->
     client = AdminClient(server.api_url, "read.x.0123456789abcdef.9999999999.AAAA")
     with pytest.raises(Exception, match="Unauthorized"):
         client.json("GET", "/v1/defaults")
+
+
+def test_an_import_sent_again_while_it_runs_is_refused_not_made_twice(
+        server: ServerProcess) -> None:
+    """While SQLite's write lock is held by another connection, no import can finish: of
+    three sends of one import with one key, one runs (and waits) and the others are
+    refused (409). Once the lock is free the one finishes; sending it again replays it."""
+    body = json.dumps(demo_fleet()).encode()
+    holder = sqlite3.connect(server.workdir / "data" / "ecs-imds.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    outcomes: list[Any] = []
+
+    def send() -> None:
+        try:
+            outcomes.append(server.api().import_fleet(body, key="slow-1"))
+        except ControlPlaneError as exc:
+            outcomes.append(exc.code)
+
+    senders = [threading.Thread(target=send) for _ in range(3)]
+    try:
+        for t in senders:
+            t.start()
+        wait_until(lambda: outcomes.count("IdempotencyKeyInUse") == 2, timeout=30)
+        assert len(outcomes) == 2  # the third is still waiting for the lock
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        for t in senders:
+            t.join(timeout=60)
+    made = [o for o in outcomes if isinstance(o, dict)]
+    assert len(made) == 1 and made[0]["Replayed"] is False
+    assert server.api().import_fleet(body, key="slow-1")["Replayed"] is True

@@ -68,7 +68,7 @@ class AdminClient:
         params = {"replace": "true"} if replace else None
         try:
             with self.http.stream("POST", "/v1/fleet", content=chunks(), params=params,
-                                  headers=headers, timeout=httpx.Timeout(60, read=None)) as resp:
+                                  headers=headers, timeout=httpx.Timeout(60, read=600)) as resp:
                 if resp.status_code >= 400:
                     raise _refused(resp.status_code, resp.read())
                 for line in resp.iter_lines():

@@ -32,7 +32,8 @@ log = logging.getLogger("ecs_imds.control")
 
 _DESCRIBED = {400: "invalid input (the field is named)", 401: "no valid token",
               403: "a read-only token may not change anything",
-              404: "no such instance or item", 409: "the instance exists already",
+              404: "no such instance or item",
+              409: "the instance exists already, or an import with this key is running",
               412: "the instance changed since the ETag given in If-Match",
               422: "the idempotency key was used for another request"}
 

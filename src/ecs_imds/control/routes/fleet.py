@@ -94,7 +94,7 @@ def _import(store: Store, doc: Any, replace: bool, key: str | None, digest: str,
 @router.post("/v1/fleet", response_model=s.ImportResult | s.ImportPlan,
              operation_id="ImportFleet",
              openapi_extra={**s.json_body(s.FLEET, "a fleet file (JSON)")},
-             responses={**responses(400, 422), 200: {
+             responses={**responses(400, 409, 422), 200: {
                  "description": "imported (or, with dry-run, what it would change); asked "
                                 f"for {NDJSON}, one JSON line per stage, then the result",
                  "content": {NDJSON: {}}}},
@@ -120,8 +120,13 @@ async def import_fleet(
     digest = hashlib.sha256(digest.encode() + body).hexdigest()
     work = functools.partial(_import, ctx.store, doc, replace, idempotency_key, digest)
     if NDJSON in request.headers.get("accept", ""):
-        return StreamingResponse(_streamed(ctx, request, work, replace), media_type=NDJSON)
-    result, again = await ctx.run(work, fleet.no_progress)
+        return StreamingResponse(_streamed(ctx, request, work, replace, idempotency_key),
+                                 media_type=NDJSON)
+    _claim(idempotency_key)
+    try:
+        result, again = await ctx.run(work, fleet.no_progress)
+    finally:
+        _IN_FLIGHT.discard(idempotency_key or "")
     _audit(ctx, request, result, again, replace)
     return JSONResponse(result.model_dump(),
                         headers={"Idempotent-Replayed": "true"} if again else None)
@@ -133,9 +138,24 @@ def _audit(ctx: ControlContext, request: Request, result: s.ImportResult, again:
         ctx.record(request, "import", "fleet", instances=result.Instances, replace=replace)
 
 
+# Keys of the imports running in this server: a client that lost its answer may send the
+# import again while the first is still at work, and must not start a second one.
+_IN_FLIGHT: set[str] = set()
+
+
+def _claim(key: str | None) -> None:
+    """Mark the import with `key` as running (on the event loop: no lock needed); refused
+    while one with the same key still runs. `_IN_FLIGHT.discard(key)` when it is done."""
+    if key is not None:
+        if key in _IN_FLIGHT:
+            raise ApiError(409, "IdempotencyKeyInUse", "Idempotency-Key: that import is "
+                           "still running; send it again when it is done to get its result")
+        _IN_FLIGHT.add(key)
+
+
 async def _streamed(ctx: ControlContext, request: Request,
                     work: Callable[[fleet.Progress], tuple[s.ImportResult, bool]],
-                    replace: bool) -> AsyncIterator[bytes]:
+                    replace: bool, key: str | None) -> AsyncIterator[bytes]:
     """The import's stages as they happen, a JSON line each (at most ten a second), then
     `{"Result": …}` or `{"Error": {"Status", "Code", "Message"}}`."""
     loop = asyncio.get_running_loop()
@@ -148,10 +168,16 @@ async def _streamed(ctx: ControlContext, request: Request,
             last[0] = now
             loop.call_soon_threadsafe(stages.put_nowait, (stage, done, total))
 
+    try:
+        _claim(key)
+    except ApiError as exc:
+        yield _line({"Error": {"Status": exc.status, "Code": exc.code, "Message": exc.message}})
+        return
     task = asyncio.ensure_future(ctx.run(work, progress))
 
     def audit(done: asyncio.Future[tuple[s.ImportResult, bool]]) -> None:
-        """Audited when done, even if the client has gone away by then."""
+        """Audited (and no longer running) when done, even if the client has gone away."""
+        _IN_FLIGHT.discard(key or "")
         if not done.cancelled() and done.exception() is None:
             _audit(ctx, request, *done.result(), replace)
 
