@@ -134,7 +134,7 @@ it, a key FILE does not name keeps its stored value. Instances not in FILE are k
 \b
 With --replace, FILE is the whole fleet: instances not in it are deleted and its defaults
 replace the stored ones entirely (none in FILE: none left). A --replace that would delete
-instances needs --yes (or a yes at the prompt); so does one with an empty FILE.
+instances (an empty FILE: all of them) needs --yes, or a yes at the prompt.
 
 --dry-run shows what would change (instances added, changed, removed; defaults changed)
 and changes nothing. Every import carries an idempotency key: if the answer is lost, the
