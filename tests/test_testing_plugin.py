@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from netns import require_root
+
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "testing.md"
 
 
@@ -24,6 +26,16 @@ def test_the_worked_example_passes_as_documented(pytester: pytest.Pytester) -> N
         pytester.path.joinpath(name).write_text(body)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=3)
+
+
+def test_the_sandbox_example_passes_as_documented(pytester: pytest.Pytester) -> None:
+    """A command and a callable in the sandbox fixture (root here: ip netns)."""
+    require_root()
+    (name, body), = re.findall(r"```python\n# sandbox-example: (\S+)\n(.*?)```",
+                               DOCS.read_text(), re.S)
+    pytester.path.joinpath(name).write_text(body)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
 
 
 def test_a_fleet_file_the_admin_calls_and_the_addresses(pytester: pytest.Pytester) -> None:

@@ -15,6 +15,7 @@ import yaml
 
 from ecs_imds import logs
 from ecs_imds.cli.admin import admin
+from ecs_imds.cli.sandbox import sandbox
 from ecs_imds.cli.settings import Problems, config_of, read_config
 from ecs_imds.clients.metadata import MetadataClient
 from ecs_imds.config import (
@@ -245,3 +246,4 @@ def config_check(ctx: click.Context, file: Path | None) -> None:
 
 
 main.add_command(admin)
+main.add_command(sandbox)

@@ -8,6 +8,9 @@ Fixtures:
 - `ecs_imds_settings`: extra config settings for it (session-scoped; default none).
 - `ecs_imds_server_factory`: `factory(fleet, **settings)` starts another server for one
   test (stopped after it).
+- `ecs_imds_sandbox`: a network namespace in which 100.100.100.200:80 serves the fleet's
+  first instance (see `Sandbox`): `.run(argv)` runs a command there, `.call(fn)` a Python
+  callable. `ecs_imds_sandbox_factory(instance=…, mode="hardened")` makes others.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from ecs_imds.testing.sandbox import Sandbox
 from ecs_imds.testing.server import Fleet, ImdsServer
 
 
@@ -60,3 +64,23 @@ def ecs_imds_server_factory() -> Iterator[Callable[..., ImdsServer]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def ecs_imds_sandbox_factory(ecs_imds_fleet: Fleet) -> Iterator[Callable[..., Sandbox]]:
+    started: list[Sandbox] = []
+
+    def start(instance: str | None = None, mode: str | None = None,
+              fleet: Fleet = ecs_imds_fleet) -> Sandbox:
+        box = Sandbox(fleet, instance, mode).start()
+        started.append(box)
+        return box
+
+    yield start
+    for box in started:
+        box.close()
+
+
+@pytest.fixture
+def ecs_imds_sandbox(ecs_imds_sandbox_factory: Callable[..., Sandbox]) -> Sandbox:
+    return ecs_imds_sandbox_factory()
