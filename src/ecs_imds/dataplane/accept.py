@@ -94,6 +94,8 @@ def answered(plane: DataPlane, listener: ListenerState, sock: socket.socket, pee
         return False
     snap = plane.snapshot
     caller = snap.identify(listener.vpc_id, peer, listener.aliases)
+    if caller is None:
+        plane.stranger(peer, listener)
     now = time.time()
     verdict = decide(req, caller, snap, now, plane.limiter, peer)
     if verdict.__class__ is Leaf:  # the common case first, by exact class: it is cheaper

@@ -227,6 +227,8 @@ class HttpConnection(asyncio.Protocol):
         """The caller in `snap`; found once per snapshot per connection."""
         self._caller = snap.identify(self.listener.vpc_id, self.peer_ip,
                                      self.listener.aliases)
+        if self._caller is None:
+            self.plane.stranger(self.peer_ip, self.listener)
         self._snapshot = snap
         return self._caller
 

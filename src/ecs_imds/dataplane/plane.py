@@ -44,6 +44,8 @@ DEFER_ACCEPT = 1
 # Descriptors kept for everything but instance connections: the store, the control plane,
 # log files, the credential command's pipes.
 RESERVED_DESCRIPTORS = 256
+# Unknown sources remembered for the debug log (DataPlane.stranger); past it, none is said.
+MAX_STRANGERS = 4096
 
 
 def _settle() -> None:
@@ -116,6 +118,7 @@ class DataPlane:
         self.max_connections = min(limits.max_connections or budget, budget)
         self.stats = Stats()
         self.warnings = Warnings(log)
+        self._strangers: set[tuple[str, str]] = set()  # (VPC, source) said to be no instance
         self.listening: list[socket.socket] = []  # the sockets accept_ready reads
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -125,6 +128,19 @@ class DataPlane:
         self.snapshot = snapshot
         self.limiter.forget(snapshot.by_id)
         _settle()
+
+    def stranger(self, source: str, listener: ListenerState) -> None:
+        """A request from an address that is no instance's (it gets 403). With the debug log
+        on (`-v`) that is said once per source, so a caller that should be known shows up
+        without a line per request; the memory of sources said is bounded."""
+        key = (listener.vpc_id, source)
+        if key in self._strangers or not log.isEnabledFor(logging.DEBUG) or len(
+                self._strangers) >= MAX_STRANGERS:
+            return
+        self._strangers.add(key)
+        log.debug("refusing %s on %s (403): no instance of the fleet has that address in "
+                  "that VPC, nor is it a listener alias; said once per source", source,
+                  listener.vpc_id)
 
     # -- connections ---------------------------------------------------------------------
     def admit(self, source: str, listener: ListenerState) -> bool:
