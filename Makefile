@@ -5,12 +5,17 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell $(PYTHON) -c 'import hashlib,sys;print(hashlib.sha1(open("pyproject.toml","rb").read()).hexdigest()[:12])')
+HASH   := $(shell $(PYTHON) -c 'import hashlib,sys;print(hashlib.sha1(open("pyproject.toml","rb").read()).hexdigest()[:12])')
+# `make serve` installs what serving needs; `make test` adds the test extras.
+SERVE_STAMP := $(VENV)/.serve-$(HASH)
+STAMP  := $(VENV)/.installed-$(HASH)
 # Debian packages the tests and benchmarks drive: command → package. PostgreSQL's tools are
 # not on PATH in Debian, so its command is a path (the tests start a cluster of their own).
-# runuser runs tests as an unprivileged user, from a venv of Debian's python3 (tests/installed.py).
+# runuser runs tests as an unprivileged user, from a venv of Debian's python3 (tests/installed.py);
+# systemd-analyze rates README's unit.
 DEB_TOOLS := ip:iproute2 curl:curl openssl:openssl /usr/lib/postgresql/*/bin/initdb:postgresql \
-             chromium:chromium runuser:util-linux unshare:util-linux /usr/bin/python3:python3
+             chromium:chromium runuser:util-linux unshare:util-linux nsenter:util-linux \
+             /usr/bin/python3:python3 systemd-analyze:systemd
 
 # What `make bench` drives, the same way.
 BENCH_TOOLS := wrk:wrk nginx:nginx taskset:util-linux
@@ -21,9 +26,14 @@ test-core: $(STAMP)
 
 .PHONY: test-core serve test lint deps debs bench bench-console screenshots clean golden
 
-$(STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	rm -f $(VENV)/.serve-*
+	touch $@
+
+$(STAMP): $(SERVE_STAMP)
 	$(BIN)/pip install --quiet -e '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -37,7 +47,7 @@ debs:
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
-serve: $(STAMP)
+serve: $(SERVE_STAMP)
 	$(BIN)/ecs-imds --data-dir data/demo serve --demo
 
 # ruff; mypy --strict on src/; the import contracts of pyproject.toml (docs/architecture.md).
