@@ -1,0 +1,485 @@
+"""One hostile instance cannot hurt the others (issue 9, points 2-7, SPEC §8), on the wire.
+
+Each test attacks a real server from one instance's source address and checks what the
+others get meanwhile. Nothing is timed: the tests assert orders and outcomes ("B was
+answered while A was still waiting", "the connection was reset before it was answered"),
+and wait for them with bounded polls. The server runs in each of the variants of
+tests/attacks.py (one process on SQLite, `--workers 2`, an IPv6 listener, PostgreSQL);
+the attacks that need a server of their own (descriptor limits, timeouts) run on the
+variants where what they test differs.
+"""
+
+from __future__ import annotations
+
+import re
+import resource
+import select
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from attacks import VARIANTS, Hostile, Net, request, responses_of, start
+from ecs_imds.dataplane import proxy
+from pg import PostgresCluster, wait_until
+from server import split_responses
+
+CREDS = "/latest/meta-data/ram/security-credentials/hostile-role"
+ID = "/latest/meta-data/instance-id"
+CAP = 64  # connections per source (per worker: 32 each with two)
+LIMITS = {"rate": 100, "burst": 200, "idle-timeout": 60, "request-timeout": 60}
+# Every instance a test of the shared server uses, each for one test only (b: the victim).
+NAMES = ["b", "cap", "lines", "pipe", "slowq", "slowo", "slowa", "slowr", "stale", "flood",
+         "off1", "off2", "up", "proxied"]
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def hostile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Hostile]:
+    variant = request.param
+    pg: PostgresCluster | None = None
+    url = None
+    if variant == "postgres":
+        pg = request.getfixturevalue("postgres")
+        url = pg.create_database()
+    workers = 2 if variant == "workers2" else 1
+    h = start(variant, tmp_path_factory.mktemp(variant), NAMES, pg_url=url,
+              limits={**LIMITS, "connections-per-source": CAP // workers})
+    yield h
+    h.close()
+    if pg is not None and url is not None:
+        pg.drop_database(url)
+
+
+# --- helpers --------------------------------------------------------------------------------
+def ended(socks: list[socket.socket]) -> list[socket.socket]:
+    """The connections the server has ended (or answered): readable now."""
+    if not socks:
+        return []
+    readable, _, _ = select.select(socks, [], [], 0)
+    return readable
+
+
+def held(net: Net, source: str, count: int) -> list[socket.socket]:
+    """`count` connections from `source`, each with a request begun and never finished."""
+    socks = []
+    for _ in range(count):
+        sock = net.connect(source)
+        sock.sendall(b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\n")
+        socks.append(sock)
+    return socks
+
+
+def nothing_but_the_end(sock: socket.socket) -> bool:
+    """The server ended the connection without a byte of an answer."""
+    responses, how = responses_of(sock)
+    return responses == [] and how in ("eof", "reset")
+
+
+def close_all(socks: list[socket.socket]) -> None:
+    for sock in socks:
+        sock.close()
+
+
+def warnings_of(h: Hostile, pattern: str) -> list[int]:
+    """Each logged warning matching `pattern`: how many it stands for (itself and those it
+    says were left out)."""
+    counts = []
+    for line in h.log_lines():
+        if "WARNING" in line and re.search(pattern, line):
+            left_out = re.search(r"\((\d+) more like it left out", line)
+            counts.append(1 + (int(left_out.group(1)) if left_out else 0))
+    return counts
+
+
+def statuses(responses: list[tuple[int, dict[str, str], bytes]]) -> list[int]:
+    return [status for status, _, _ in responses]
+
+
+def victim_is_served(net: Net, connections: int = 4) -> None:
+    """B gets its own instance id on `connections` new connections (with two workers, new
+    connections land on both)."""
+    for _ in range(connections):
+        assert net.get("b", ID)[:3:2] == (200, b"i-b")
+
+
+# --- 2. connections -------------------------------------------------------------------------
+def test_one_source_is_capped_and_the_others_are_still_served(hostile: Hostile) -> None:
+    net, workers = hostile.net, hostile.workers
+    most = CAP  # per source, in all workers together
+    socks = held(net, "cap", 100)
+    wait_until(lambda: len(ended(socks)) >= 100 - most, timeout=20)
+    refused = ended(socks)
+    kept = [s for s in socks if s not in refused]
+    if workers == 1:
+        assert len(refused) == 100 - most
+    else:  # each worker caps its own share; the kernel spreads connections unevenly
+        assert 100 - most <= len(refused) < 100
+    assert all(nothing_but_the_end(s) for s in refused)  # closed at once, never answered
+    # Another instance and a stranger are served while `cap` holds its connections.
+    victim_is_served(net)
+    assert net.get(net.unknown[7], ID)[0] == 403
+    assert ended(kept) == []  # the ones admitted are still open, their requests pending
+    time.sleep(1.1)  # past the warning's once-a-second: the next refusal is logged with a count
+    late = net.connect("cap")
+    late.sendall(request(ID))
+    if workers == 1:
+        assert nothing_but_the_end(late)
+        # Every refusal is accounted for in the log, in at most a line a second.
+        counts = warnings_of(hostile, r"refused a connection from \S+: \d+ connections open "
+                                      r"from it")
+        assert sum(counts) == 100 - most + 1 and len(counts) == 2
+    close_all([late, *socks])
+    # Once they are gone, `cap` is served again: its count went down as they closed.
+    wait_until(lambda: _served(net, "cap"), timeout=20)
+
+
+def _served(net: Net, source: str) -> bool:
+    try:
+        return net.get(source, ID)[0] == 200
+    except (OSError, ValueError):
+        return False
+
+
+# --- 3. unfinished input --------------------------------------------------------------------
+ENDLESS = {  # a line that never ends, and what it must get
+    "request line": (b"GET /", 414),
+    "header value": (b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: ", 431),
+    "header name": (b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless", 431),
+}
+GIVE_UP = 1 << 20  # bytes sent without an answer: the server is keeping the line
+
+
+@pytest.mark.parametrize("kind", list(ENDLESS))
+def test_a_line_that_never_ends_is_refused_as_it_grows(hostile: Hostile, kind: str) -> None:
+    start_bytes, status = ENDLESS[kind]
+    sock = hostile.net.connect("lines", timeout=20)
+    sock.sendall(start_bytes)
+    sent = len(start_bytes)
+    try:
+        while sent < GIVE_UP:  # small pieces, each given time to be read on its own
+            sock.sendall(b"a" * 256)
+            sent += 256
+            if select.select([sock], [], [], 0.002)[0]:
+                break
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # closed while we were still sending: the answer is read below
+    assert sent < GIVE_UP, "the line was kept without limit"
+    responses, how = responses_of(sock)
+    assert statuses(responses) == [status]  # one answer, before the line ever ended
+    assert responses[0][1]["connection"] == "close" and how in ("eof", "reset")
+    victim_is_served(hostile.net, 1)
+
+
+# --- 4. clients that never read ---------------------------------------------------------------
+def flood_unread(sock: socket.socket, raw: bytes, limit: int = 64 << 20,
+                 stall: float = 15.0) -> tuple[int, str]:
+    """Send `raw` again and again and never read: (bytes sent, how it ended) — "reset" when
+    the server cut the connection off, "stalled" when nothing more could be sent for
+    `stall` seconds while it stayed open."""
+    sock.setblocking(False)
+    sent = 0
+    last = time.monotonic()
+    while sent < limit:
+        try:
+            sent += sock.send(raw)
+            last = time.monotonic()
+        except BlockingIOError:
+            if time.monotonic() - last > stall:
+                return sent, "stalled"
+            select.select([], [sock], [], 0.1)
+        except (ConnectionResetError, BrokenPipeError):
+            return sent, "reset"
+    return sent, "unbounded"
+
+
+def test_pipelining_without_reading_is_cut_off_past_the_write_buffer(hostile: Hostile
+                                                                      ) -> None:
+    sock = hostile.net.connect("pipe", rcvbuf=4096)
+    # Within the burst the rate limit allows, in one read: ~3 MB of answers at once.
+    sock.sendall(request("/latest/user-data", close=False) * 190)
+    _, how = flood_unread(sock, request("/latest/user-data", close=False))
+    assert how == "reset"
+    assert warnings_of(hostile, r"cut off a connection from \S+ on \S+: its answers are not "
+                                r"read")
+    victim_is_served(hostile.net)
+
+
+# --- 5. a slow or failing credential broker -------------------------------------------------
+def one_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Read one answer from a keep-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "the connection ended before an answer"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    ((status, headers, _),) = split_responses(head + b"\r\n\r\n")
+    while len(body) < int(headers["content-length"]):
+        body += sock.recv(65536)
+    return status, headers, body
+
+
+def test_a_slow_broker_makes_only_its_own_requests_wait(hostile: Hostile) -> None:
+    net, broker = hostile.net, hostile.broker
+    keep = net.connect("b")  # B's credential, fetched once, then read from the cache
+    keep.sendall(request(CREDS, close=False))
+    first = one_answer(keep)
+    assert first[0] == 200 and b'"STS.i-b.' in first[2]
+    waiting = net.connect("slowa", timeout=20)
+    try:
+        waiting.sendall(request(CREDS))
+        wait_until(lambda: broker.runs("slowa") == 1, timeout=20)  # its broker is running
+        victim_is_served(net, 8)
+        keep.sendall(request(CREDS, close=False))
+        assert one_answer(keep)[::2] == first[::2]  # the cached one: no wait, no new run
+        assert ended([waiting]) == []  # while A still waits for its broker
+    finally:
+        broker.open_gate("slowa")
+    responses, _ = responses_of(waiting)
+    assert [(s, body) for s, _, body in responses] == [(500, b"Internal Server Error")]
+    waiting.close()
+    keep.close()
+
+
+def test_a_failing_broker_is_retried_with_backoff(hostile: Hostile) -> None:
+    """Every request gets its 500 at once while the broker is backed off from: far fewer
+    runs of the broker than requests, more than one (it is retried), each wait longer
+    than the one before (as the log says)."""
+    net, broker = hostile.net, hostile.broker
+    broker.open_gate("slowr")  # its broker fails at once
+    time.sleep(1.1)  # past the last warning of the kind (other tests' brokers): ours are logged
+    sock = net.connect("slowr", timeout=20)  # one connection: one server process's backoff
+
+    def failures() -> list[tuple[int, int]]:
+        """(failure, seconds to the next try) of each warning logged about `slowr`."""
+        return [(int(n), int(wait)) for n, wait in re.findall(
+            r"instance i-slowr role \S+ \(failure (\d+), next try in (\d+) s\)",
+            hostile.srv.log())]
+
+    asked = 0
+    while len(failures()) < 2 or failures()[-1][0] < 3:
+        assert asked < 600, f"{broker.runs('slowr')} runs in {asked} requests"
+        sock.sendall(request(CREDS, close=False))
+        assert one_answer(sock)[0] == 500
+        asked += 1
+        time.sleep(0.05)  # a client polling, well below the rate limit
+    runs = broker.runs("slowr")
+    assert runs >= 3 and asked >= 4 * runs
+    logged = failures()
+    assert [n for n, _ in logged] == sorted({n for n, _ in logged})
+    waits = [wait for _, wait in logged]
+    assert waits == sorted(waits) and waits[-1] > waits[0]
+    sock.close()
+
+
+def test_a_credential_is_served_until_it_expires_while_its_refresh_fails(hostile: Hostile
+                                                                         ) -> None:
+    """`stale` got a credential inside its refresh window; the broker now hangs, then
+    fails. Every read gets the credential at once, while one refresh runs at a time."""
+    net, broker = hostile.net, hostile.broker
+    sock = net.connect("stale", timeout=20)
+    sock.sendall(request(CREDS, close=False))
+    first = one_answer(sock)
+    assert first[0] == 200 and b'"STS.i-stale.1"' in first[2]
+    try:
+        for _ in range(5):
+            sock.sendall(request(CREDS, close=False))
+            assert one_answer(sock)[::2] == first[::2]
+        wait_until(lambda: broker.runs("stale") == 2, timeout=20)  # one refresh, hanging
+    finally:
+        broker.open_gate("stale")
+    for _ in range(5):  # the refresh failed: still the credential that has not expired
+        sock.sendall(request(CREDS, close=False))
+        assert one_answer(sock)[::2] == first[::2]
+    assert broker.runs("stale") <= 3  # backed off from, not retried on every read
+    sock.close()
+
+
+# --- 6. floods --------------------------------------------------------------------------------
+def flood(net: Net, source: str, count: int = 600) -> list[tuple[int, dict[str, str], bytes]]:
+    """`count` pipelined requests on one connection; the answers it got before it ended."""
+    with net.connect(source, timeout=20) as sock:
+        sock.sendall(request(ID, close=False) * count)
+        responses, how = responses_of(sock)
+    assert how in ("eof", "reset")
+    return responses
+
+
+def assert_refused_then_closed(responses: list[tuple[int, dict[str, str], bytes]],
+                               served: int) -> None:
+    """`served` answers first (the burst), then 429s with Retry-After — with a `served` one
+    now and then as the bucket refills — until a 429 closes the connection, long before
+    every request of the flood was answered."""
+    codes = statuses(responses)
+    first_429 = codes.index(429)
+    burst = LIMITS["burst"]
+    assert 0 < first_429 <= 2 * burst and set(codes[:first_429]) == {served}
+    assert set(codes) == {served, 429} and codes.count(429) >= burst // 2
+    assert len(codes) < 600 and codes[-1] == 429
+    assert all(int(h["retry-after"]) >= 1 for s, h, _ in responses[first_429:-1] if s == 429)
+    assert responses[-1][1].get("connection") == "close"
+
+
+def test_a_flood_gets_429_and_then_its_connection_closed(hostile: Hostile) -> None:
+    assert_refused_then_closed(flood(hostile.net, "flood"), 200)
+    victim_is_served(hostile.net)
+
+
+@pytest.mark.parametrize("who", ["stranger", "disabled"])
+def test_callers_that_are_no_instance_are_limited_per_source(hostile: Hostile, who: str
+                                                             ) -> None:
+    net = hostile.net
+    source, other = (net.unknown[0], net.unknown[1]) if who == "stranger" else ("off1", "off2")
+    assert_refused_then_closed(flood(net, source), 403)
+    # Another such source has a bucket of its own: refused as it is, not throttled.
+    assert net.get(other, ID)[0] == 403
+    victim_is_served(net)
+
+
+def test_refused_proxy_headers_are_logged_once_a_second_with_a_count(hostile: Hostile
+                                                                     ) -> None:
+    """An instance sending PROXY protocol headers (claiming to be the per-host proxy) to
+    a listener that speaks it: each connection closed unanswered, the log bounded."""
+    net = hostile.net
+    header = proxy.header(net.sources["b"]) + request(ID)
+    for n in range(101):
+        if n == 100:
+            time.sleep(1.1)  # the next warning is logged, with how many were left out
+        with net.connect("proxied", port=net.proxy_port) as sock:
+            sock.sendall(header)
+            assert nothing_but_the_end(sock)
+    counts = warnings_of(hostile, r"PROXY protocol header from an untrusted peer")
+    assert 1 <= len(counts) <= 3 * hostile.workers
+    if hostile.workers == 1:
+        assert sum(counts) == 101
+    # Through that listener the instance is still served as itself, without a header.
+    with net.connect("proxied", port=net.proxy_port) as sock:
+        sock.sendall(request(ID))
+        assert statuses(responses_of(sock)[0]) == [200]
+
+
+# --- 7. one request, one answer ---------------------------------------------------------------
+@pytest.mark.parametrize("raw", [
+    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    b"CONNECT 100.100.100.200:443 HTTP/1.1\r\nHost: 100.100.100.200:443\r\n\r\n",
+    b"CONNECT 100.100.100.200:80 HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x85abcdefghi"
+    + b"GET / HTTP/1.1\r\n\r\n",
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+], ids=["websocket", "h2c", "connect", "connect-pipelined", "websocket-frames", "h2-preface"])
+def test_upgrade_and_connect_get_exactly_one_answer(hostile: Hostile, raw: bytes) -> None:
+    with hostile.net.connect("up") as sock:
+        sock.sendall(raw)
+        responses, how = responses_of(sock)
+    assert statuses(responses) == [400] and how in ("eof", "reset")
+    assert responses[0][1]["connection"] == "close"
+
+
+# --- descriptors: servers of their own ------------------------------------------------------
+def open_descriptors(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+@pytest.mark.parametrize("variant", ["sqlite", "workers2"])
+def test_out_of_descriptors_accepting_pauses_and_the_others_are_served(
+        variant: str, tmp_path: Path) -> None:
+    """The server believes it may take thousands of connections, but its processes are left
+    a dozen descriptors (prlimit): a flood from a dozen instances runs it out (EMFILE). It
+    stops accepting for a moment at a time, with a warning at most once a second, spends
+    little CPU doing so, and goes on serving the connections it has."""
+    names = [f"x{n}" for n in range(12)]
+    h = start(variant, tmp_path, ["b", *names], limits={"idle-timeout": 60,
+                                                         "request-timeout": 60})
+    try:
+        keep = h.net.connect("b")
+        keep.sendall(request(ID, close=False))
+        assert one_answer(keep)[0] == 200
+        for pid in h.pids():
+            room = open_descriptors(pid) + 12
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (room, room))
+        before = len(h.log_lines())
+        flood = [sock for name in names for sock in held(h.net, name, 20)]
+        wait_until(lambda: any("accepting on" in line for line in h.log_lines()[before:]),
+                   timeout=20)
+        cpu, wall = h.cpu_seconds(), time.monotonic()
+        for _ in range(20):  # B's connection is served all along
+            keep.sendall(request(ID, close=False))
+            assert one_answer(keep)[2] == b"i-b"
+            time.sleep(0.1)
+        time.sleep(1)
+        cpu, wall = h.cpu_seconds() - cpu, time.monotonic() - wall
+        assert cpu < 0.5 * wall, f"{cpu:.2f} s of CPU in {wall:.2f} s: a busy loop"
+        lines = h.log_lines()[before:]
+        assert all("WARNING" in line for line in lines)
+        assert len(lines) <= 3 * (wall + 5) * h.workers  # once a second per kind, at most
+        close_all(flood)
+        wait_until(lambda: _served(h.net, "b"), timeout=30)  # accepting again
+        keep.close()
+    finally:
+        h.close()
+
+
+# --- deadlines: idle-timeout and request-timeout, each alone ----------------------------------
+TCP_ESTABLISHED, TCP_CLOSE = 1, 7
+
+
+def tcp_state(sock: socket.socket) -> int:
+    """The connection's state as the kernel has it (tcp_info's first byte), read without
+    reading any data: a reset moves it to CLOSE, a FIN to CLOSE_WAIT."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
+@pytest.fixture(scope="module")
+def idle_deadline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
+    """idle-timeout 1 s; requests may take a minute; a write buffer no peer fills."""
+    h = start("sqlite", tmp_path_factory.mktemp("idle"), ["b", "zero"],
+              limits={"idle-timeout": 1, "request-timeout": 60, "write-buffer": 64 << 20})
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="module")
+def request_deadline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
+    """request-timeout 1 s; connections may idle a minute."""
+    h = start("sqlite", tmp_path_factory.mktemp("request"), ["b"],
+              limits={"idle-timeout": 60, "request-timeout": 1})
+    yield h
+    h.close()
+
+
+def test_idle_timeout_closes_idle_connections_not_requests_in_progress(
+        idle_deadline: Hostile) -> None:
+    net = idle_deadline.net
+    slow = net.connect("b", timeout=30)
+    slow.sendall(b"GET /latest/meta-data/instance-id HTTP/1.1\r\n")  # begun, not finished
+    idle = net.connect("b", timeout=30)
+    idle.sendall(request(ID, close=False))
+    assert one_answer(idle)[0] == 200
+    assert idle.recv(1) == b""  # closed once it idled a second, politely
+    assert ended([slow]) == []  # the request begun before is not idle: still open
+    slow.sendall(b"Host: x\r\nConnection: close\r\n\r\n")
+    assert [(s, b) for s, _, b in responses_of(slow)[0]] == [(200, b"i-b")]
+    slow.close()
+    idle.close()
+
+
+def test_request_timeout_closes_slow_requests_not_idle_connections(
+        request_deadline: Hostile) -> None:
+    net = request_deadline.net
+    idle = net.connect("b", timeout=30)
+    idle.sendall(request(ID, close=False))
+    assert one_answer(idle)[0] == 200
+    slow = net.connect("b", timeout=30)
+    slow.sendall(b"GET /latest/meta-data/instance-id HTTP/1.1\r\n")  # and no more
+    assert nothing_but_the_end(slow)  # closed a second after its first byte, unanswered
+    assert ended([idle]) == []  # the idle connection, older, is still open
+    idle.sendall(request(ID))
+    assert [(s, b) for s, _, b in responses_of(idle)[0]] == [(200, b"i-b")]
+    slow.close()
+    idle.close()
