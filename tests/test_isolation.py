@@ -148,6 +148,11 @@ ENDLESS = {  # a line that never ends, and what it must get
     "request line": (b"GET /", 414),
     "header value": (b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: ", 431),
     "header name": (b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless", 431),
+    "trailer": (b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"
+                b"X-Endless: ", 431),
+    "chunk extension": (b"PUT /latest/api/token HTTP/1.1\r\nHost: x\r\n"
+                        b"X-aliyun-ecs-metadata-token-ttl-seconds: 60\r\n"
+                        b"Transfer-Encoding: chunked\r\n\r\n1;x=", 431),
 }
 GIVE_UP = 1 << 20  # bytes sent without an answer: the server is keeping the line
 

@@ -153,13 +153,17 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserError:  # malformed
             self._reject(400)
             return
-        if self._busy and not self._in_body:
+        if self._busy:
             # The request line is counted as it arrives (on_url), a header only once it has
             # ended: so count the line that has not ended yet, across reads, or httptools
-            # would keep it however long it grows.
+            # would keep it however long it grows. The same holds after the headers: a
+            # chunked body's trailers are header lines too, and its chunk lines are lines.
             end = data.rfind(b"\n")
             self._partial = len(data) - end - 1 if end >= 0 else self._partial + len(data)
-            if self._header_size + self._partial > self.plane.limits.headers:
+            limit = self.plane.limits.headers
+            if self._in_body:
+                limit += self._body_limit()
+            if self._header_size + self._partial > limit:
                 self._reject(431)
 
     def on_message_begin(self) -> None:
