@@ -212,6 +212,41 @@ def test_pipelining_without_reading_is_cut_off_past_the_write_buffer(hostile: Ho
     victim_is_served(hostile.net)
 
 
+def test_answers_queued_behind_a_slow_one_count_against_the_write_buffer(hostile: Hostile
+                                                                         ) -> None:
+    """Behind a credential the broker is slow to give, a peer pipelines large answers and
+    reads none: it is cut off at once, not when the credential comes."""
+    broker = hostile.broker
+    sock = hostile.net.connect("slowq", rcvbuf=4096, timeout=20)
+    try:
+        sock.sendall(request(CREDS, close=False)
+                     + request("/latest/user-data", close=False) * 100)
+        assert nothing_but_the_end(sock)  # not one answer: the first was still awaited
+        wait_until(lambda: broker.runs("slowq") == 1)  # its broker runs on, for the next one
+    finally:
+        broker.open_gate("slowq")
+        sock.close()
+    victim_is_served(hostile.net)
+
+
+def test_answers_keep_their_order_behind_one_that_waits(hostile: Hostile) -> None:
+    """Pipelined: a credential the broker is slow to give, then two leaves. The leaves are
+    ready first, but the answers go out in the order asked."""
+    broker = hostile.broker
+    with hostile.net.connect("slowo", timeout=20) as sock:
+        sock.sendall(request(CREDS, close=False) + request(ID, close=False)
+                     + request("/latest/meta-data/hostname"))
+        try:
+            wait_until(lambda: broker.runs("slowo") == 1, timeout=20)
+            assert ended([sock]) == []  # nothing is sent before the first answer
+        finally:
+            broker.open_gate("slowo")
+        responses, how = responses_of(sock)
+    assert [(s, b) for s, _, b in responses] == [
+        (500, b"Internal Server Error"), (200, b"i-slowo"), (200, b"host-slowo")]
+    assert how == "eof"
+
+
 # --- 5. a slow or failing credential broker -------------------------------------------------
 def one_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """Read one answer from a keep-alive connection."""

@@ -15,8 +15,8 @@ What a hostile instance can do to a connection is bounded (SPEC §8): the reques
 the headers are counted as they arrive, across reads, and refused as soon as they are too
 long; a request must be complete within `request-timeout` of its first byte and a
 keep-alive connection may idle `idle-timeout`; a peer that does not read its answers is
-cut off (the transport aborted, not closed politely) when its write buffer passes
-`write-buffer` or its deadline passes.
+cut off (the transport aborted, not closed politely) when its write buffer — answers
+waiting in the queue included — passes `write-buffer`, or its deadline passes.
 
 Options, which compose: PROXY protocol on the listener (`proxy.ProxyFront` reads the header
 first), an access log line per answer, and latency sampling of one connection in N.
@@ -46,6 +46,10 @@ if TYPE_CHECKING:
 # (status, bytes of the body sent, the request) → one access log line
 AccessLog = Callable[["HttpConnection", Request | None, int, int], None]
 _TOKEN_TTL = b"X-aliyun-ecs-metadata-token-ttl-seconds"
+# What an answer not made yet counts against the write buffer's bound while it waits in the
+# queue: about a RAM credential's size (with a real STS token). Requests pipelined behind it
+# cost memory before a byte is written.
+PENDING_SIZE = 1024
 
 
 class _Reject(Exception):
@@ -58,7 +62,7 @@ class _Reject(Exception):
 class HttpConnection(asyncio.Protocol):
     __slots__ = ("_body_size", "_busy", "_caller", "_close_after", "_closing", "_first",
                  "_front", "_header_size", "_headers", "_hop_limited", "_in_body", "_method",
-                 "_partial", "_queue", "_snapshot", "_timed", "_url", "access_log",
+                 "_partial", "_queue", "_queued", "_snapshot", "_timed", "_url", "access_log",
                  "deadline", "listener", "parser", "peer_ip", "plane", "source", "transport")
 
     def __init__(self, plane: DataPlane, listener: ListenerState, peer_ip: str = "",
@@ -87,6 +91,7 @@ class HttpConnection(asyncio.Protocol):
         self._in_body = False  # ... and past its headers
         self._partial = 0  # bytes of a header line that has not ended yet
         self._queue: deque[bytes | tuple[Pending, Request, bool]] | None = None
+        self._queued = 0  # bytes of the answers in the queue (a pending one: PENDING_SIZE)
         self._closing = False
         self._close_after = False  # close once the queue is out
         self._hop_limited = False
@@ -218,8 +223,10 @@ class HttpConnection(asyncio.Protocol):
         query = (url.query or b"").decode("latin-1")
         self._answer(Request.of(self._method, path, query, self._headers), keep_alive)
         transport = self.transport
-        if transport is not None and \
-                transport.get_write_buffer_size() > self.plane.limits.write_buffer:
+        # Answers waiting in the queue count too: behind one that waits (RAM credentials
+        # from a slow broker) a peer could otherwise pipeline any number of them.
+        if transport is not None and transport.get_write_buffer_size() + self._queued \
+                > self.plane.limits.write_buffer:
             self._abort("its answers are not read")
             raise _Reject(0)  # stop parsing what it pipelined
 
@@ -322,6 +329,7 @@ class HttpConnection(asyncio.Protocol):
     def _send(self, out: bytes) -> None:
         if self._queue is not None:
             self._queue.append(out)
+            self._queued += len(out)
         elif self.transport is not None:
             self.transport.write(out)
 
@@ -332,6 +340,7 @@ class HttpConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.pause_reading()
         self._queue.append((pending, req or Request.of("GET", "/"), keep_alive))
+        self._queued += PENDING_SIZE
         pending.add_done_callback(lambda _: self._flush())
 
     def wait_for(self, pending: Pending, req: Request) -> None:
@@ -353,11 +362,17 @@ class HttpConnection(asyncio.Protocol):
             if isinstance(item, bytes):
                 if self.transport is not None:
                     self.transport.write(item)
+                self._queued -= len(item)
             else:
                 pending, req, keep_alive = item
                 if not pending.done():
                     return
+                queue.popleft()  # so that its answer is written, not queued again
+                self._queued -= PENDING_SIZE
+                self._queue = None
                 self._send_answer(pending.result(), req, keep_alive, time.time())
+                self._queue = queue
+                continue
             queue.popleft()
         self._queue = None
         if self._close_after or self._closing:
