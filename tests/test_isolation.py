@@ -509,6 +509,20 @@ def test_idle_timeout_closes_idle_connections_not_requests_in_progress(
     idle.close()
 
 
+def test_a_reader_with_a_closed_window_is_cut_off_at_the_idle_deadline(
+        idle_deadline: Hostile) -> None:
+    """It asks for 1.5 MB and reads nothing (a receive buffer of 1 KB): far below the write
+    buffer's bound, so the idle deadline ends it — with a reset, so that the kernel does
+    not keep the answers for it."""
+    sock = idle_deadline.net.connect("zero", rcvbuf=1024, timeout=30)
+    sock.sendall(request("/latest/user-data", close=False) * 100)
+    wait_until(lambda: tcp_state(sock) != TCP_ESTABLISHED, timeout=30)
+    assert tcp_state(sock) == TCP_CLOSE
+    assert warnings_of(idle_deadline, r"cut off a connection from \S+ on \S+: deadline passed")
+    sock.close()
+    victim_is_served(idle_deadline.net, 1)
+
+
 def test_request_timeout_closes_slow_requests_not_idle_connections(
         request_deadline: Hostile) -> None:
     net = request_deadline.net

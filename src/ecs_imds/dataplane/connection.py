@@ -25,7 +25,12 @@ first), an access log line per answer, and latency sampling of one connection in
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import socket
+import struct
+import sys
+import termios
 import time
 from collections import deque
 from collections.abc import Callable
@@ -50,6 +55,7 @@ _TOKEN_TTL = b"X-aliyun-ecs-metadata-token-ttl-seconds"
 # queue: about a RAM credential's size (with a real STS token). Requests pipelined behind it
 # cost memory before a byte is written.
 PENDING_SIZE = 1024
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, for 0 s: close() resets the connection
 
 
 class _Reject(Exception):
@@ -57,6 +63,18 @@ class _Reject(Exception):
 
     def __init__(self, status: int) -> None:
         self.status = status
+
+
+def _unacknowledged(transport: asyncio.Transport) -> int:
+    """Bytes the kernel holds that the peer has not acknowledged yet (SIOCOUTQ)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(out, sys.byteorder)
 
 
 class HttpConnection(asyncio.Protocol):
@@ -398,20 +416,32 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
     def _abort(self, why: str) -> None:
-        """Cut the connection off: nothing more is sent, its buffers are freed at once."""
+        """Cut the connection off: nothing more is sent, its buffers are freed at once.
+        Answers left unread in the kernel are dropped too (a zero linger time: the peer
+        gets a reset), rather than kept for a peer that may never read them."""
         self._closing = True
         self._queue = None
-        if self.transport is not None:
+        transport = self.transport
+        if transport is not None:
             self.plane.warnings.warn("abort", "cut off a connection from %s on %s: %s",
                                      self.peer_ip, self.listener.vpc_id, why)
-            self.transport.abort()
+            sock = transport.get_extra_info("socket")
+            if sock is not None and (transport.get_write_buffer_size()
+                                     or _unacknowledged(transport)):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+            transport.abort()
 
     def expire(self) -> None:
-        """Called by the sweeper when the deadline passed: idle, too slow, or not reading."""
+        """Called by the sweeper when the deadline passed: idle, too slow, or not reading.
+        Answers not read yet, in our buffer or still in the kernel's (a peer that keeps its
+        receive window shut), are dropped with the connection: a polite close would leave
+        the kernel holding them for a peer that never reads."""
         transport = self.transport
         if transport is None:
             return
-        if transport.get_write_buffer_size() or self._queue is not None or self._busy:
+        if transport.get_write_buffer_size() or self._queue is not None or self._busy \
+                or _unacknowledged(transport):
             self._abort("deadline passed")
         else:
             self._closing = True

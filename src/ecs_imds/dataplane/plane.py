@@ -46,6 +46,10 @@ DEFER_ACCEPT = 1
 RESERVED_DESCRIPTORS = 256
 # Unknown sources remembered for the debug log (DataPlane.stranger); past it, none is said.
 MAX_STRANGERS = 4096
+# The kernel's send buffer of each connection (it doubles what is asked). Left to itself it
+# grows to net.ipv4.tcp_wmem's maximum (4 MiB): answers a peer never reads would sit there,
+# out of the sight of `limits.write-buffer`. Answers are a few KiB; this holds plenty.
+SEND_BUFFER = 64 * 1024
 
 
 def _settle() -> None:
@@ -85,6 +89,8 @@ def bind_socket(listener: Listener, reuse_port: bool = False) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
     with contextlib.suppress(OSError, AttributeError):  # Linux: accept once data is there
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT)
+    # Set on the listening socket, it is every accepted connection's from the start.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
     sock.bind((listener.host, listener.port))
     sock.setblocking(False)
     return sock
