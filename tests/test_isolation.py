@@ -15,6 +15,7 @@ import re
 import resource
 import select
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -461,6 +462,29 @@ def test_out_of_descriptors_accepting_pauses_and_the_others_are_served(
         close_all(flood)
         wait_until(lambda: _served(h.net, "b"), timeout=30)  # accepting again
         keep.close()
+    finally:
+        h.close()
+
+
+def test_with_few_descriptors_one_source_still_cannot_take_them_all(tmp_path: Path) -> None:
+    """RLIMIT_NOFILE 300 leaves room for 44 connections (256 are kept for the rest): one
+    source's cap is lowered to a quarter of that, so the others keep room."""
+
+    def launcher(argv: list[str], log: object) -> subprocess.Popen[str]:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=lambda: resource.setrlimit(
+                                    resource.RLIMIT_NOFILE, (300, 300)))
+
+    h = start("sqlite", tmp_path, ["b", "a"], launcher=launcher,
+              limits={"idle-timeout": 60, "request-timeout": 60})
+    try:
+        socks = held(h.net, "a", 30)
+        wait_until(lambda: len(ended(socks)) >= 30 - 11, timeout=20)
+        assert len(ended(socks)) == 30 - 11
+        victim_is_served(h.net)
+        assert warnings_of(h, r"limits.connections-per-source lowered to 11, a quarter of "
+                              r"the 44 connections")
+        close_all(socks)
     finally:
         h.close()
 

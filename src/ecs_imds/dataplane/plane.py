@@ -7,7 +7,9 @@ Connections are bounded (SPEC §8): at most `connections-per-source` from one so
 (a trusted PROXY protocol peer, which carries many instances, is bound only by the total),
 and at most `max_connections` in all, kept below the process's descriptor limit (raised to
 its hard limit at start) so that accepting can never run out of descriptors. At a cap the
-new connection is closed at once; everyone else is still accepted.
+new connection is closed at once; everyone else is still accepted. Where the total is no
+more than one source's cap (a low descriptor limit), that cap is lowered to a quarter of
+the total, so that no one source can take them all.
 """
 
 from __future__ import annotations
@@ -122,6 +124,13 @@ class DataPlane:
         self.open = 0  # connections admitted and not yet ended
         budget = descriptor_budget()
         self.max_connections = min(limits.max_connections or budget, budget)
+        self.source_cap = limits.connections_per_source
+        if self.source_cap >= self.max_connections:
+            self.source_cap = max(1, self.max_connections // 4)
+            log.warning("limits.connections-per-source lowered to %d, a quarter of the %d "
+                        "connections this process takes in all (limits.max-connections, or "
+                        "its descriptor limit less %d: raise it with ulimit -n)",
+                        self.source_cap, self.max_connections, RESERVED_DESCRIPTORS)
         self.stats = Stats()
         self.warnings = Warnings(log)
         self._strangers: set[tuple[str, str]] = set()  # (VPC, source) said to be no instance
@@ -157,10 +166,10 @@ class DataPlane:
             return False
         per_source = self.per_source
         count = per_source.get(source, 0)
-        if count >= self.limits.connections_per_source and not listener.trusts(source):
+        if count >= self.source_cap and not listener.trusts(source):
             self.warnings.warn("source", "refused a connection from %s: %d connections "
                                "open from it, the most one source may have", source,
-                               self.limits.connections_per_source)
+                               self.source_cap)
             return False
         per_source[source] = count + 1
         self.open += 1
