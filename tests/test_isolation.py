@@ -11,6 +11,7 @@ variants where what they test differs.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import resource
 import select
@@ -420,6 +421,26 @@ def test_upgrade_and_connect_get_exactly_one_answer(hostile: Hostile, raw: bytes
         responses, how = responses_of(sock)
     assert statuses(responses) == [400] and how in ("eof", "reset")
     assert responses[0][1]["connection"] == "close"
+
+
+@pytest.mark.parametrize(("raw", "status"), [
+    (b"HEAD /" + b"a" * 3000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"HEAD / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 9000 + b"\r\n\r\n", 431),
+    (b"HEAD /latest/meta-data/\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    (b"HEAD / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400),
+], ids=["414", "431", "400-target", "400-upgrade"])
+def test_a_refused_head_gets_its_answer_without_a_body(hostile: Hostile, raw: bytes,
+                                                       status: int) -> None:
+    """A body after the answer to a HEAD would be read as the start of the next answer."""
+    with hostile.net.connect("up") as sock:
+        sock.sendall(raw)
+        data = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status) and b"Content-Length: " in head
+    assert body == b""
 
 
 # --- descriptors: servers of their own ------------------------------------------------------

@@ -240,6 +240,7 @@ class HttpConnection(asyncio.Protocol):
         path = (url.path or b"/").decode("latin-1")
         query = (url.query or b"").decode("latin-1")
         self._answer(Request.of(self._method, path, query, self._headers), keep_alive)
+        self._method = ""  # answered: a refusal of what follows is not this request's
         transport = self.transport
         # Answers waiting in the queue count too: behind one that waits (RAM credentials
         # from a slow broker) a peer could otherwise pipeline any number of them.
@@ -299,8 +300,9 @@ class HttpConnection(asyncio.Protocol):
         return keep_alive
 
     def _send_answer(self, answer: Answer, req: Request | None, keep_alive: bool,
-                     now: float) -> None:
-        head_only = req is not None and req.method == "HEAD"
+                     now: float, head_only: bool = False) -> None:
+        """`head_only`: a HEAD's answer when there is no `req` (a request refused unread)."""
+        head_only = req.method == "HEAD" if req is not None else head_only
         if isinstance(answer, Leaf):
             status, out = 200, write_leaf(answer, now, keep_alive, head_only)
             sent = 0 if head_only else len(answer.body)
@@ -402,8 +404,12 @@ class HttpConnection(asyncio.Protocol):
 
     # -- closing -------------------------------------------------------------------------
     def _reject(self, status: int) -> None:
-        """A request that breaks the protocol or a limit: answer it once, then close."""
-        self._send_answer(Refuse(status), None, False, time.time())
+        """A request that breaks the protocol or a limit: answer it once, then close. The
+        answer to a HEAD has no body, or the client would read it as the next answer."""
+        method = self._method  # known once its headers are read
+        if not method and self._busy and self.parser is not None:
+            method = self.parser.get_method().decode("latin-1")  # its request line's
+        self._send_answer(Refuse(status), None, False, time.time(), method == "HEAD")
         self._close()
 
     def _close(self) -> None:
