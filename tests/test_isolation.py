@@ -33,8 +33,8 @@ ID = "/latest/meta-data/instance-id"
 CAP = 64  # connections per source (per worker: 32 each with two)
 LIMITS = {"rate": 100, "burst": 200, "idle-timeout": 60, "request-timeout": 60}
 # Every instance a test of the shared server uses, each for one test only (b: the victim).
-NAMES = ["b", "cap", "lines", "pipe", "slowq", "slowo", "slowa", "slowr", "stale", "flood",
-         "off1", "off2", "up", "proxied"]
+NAMES = ["b", "cap", "lines", "pipe", "slowq", "slowo", "slowh", "slowa", "slowr", "stale",
+         "flood", "off1", "off2", "up", "proxied"]
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
@@ -262,6 +262,23 @@ def one_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     while len(body) < int(headers["content-length"]):
         body += sock.recv(65536)
     return status, headers, body
+
+
+def test_a_client_that_half_closes_still_gets_every_answer(hostile: Hostile) -> None:
+    """Requests, then the end of what the client sends (as `nc -N` does), while the first
+    answer waits for the broker: every answer comes, then the connection ends."""
+    broker = hostile.broker
+    with hostile.net.connect("slowh", timeout=20) as sock:
+        sock.sendall(request(CREDS, close=False) + request(ID, close=False))
+        sock.shutdown(socket.SHUT_WR)
+        try:
+            wait_until(lambda: broker.runs("slowh") == 1, timeout=20)
+        finally:
+            broker.open_gate("slowh")
+        responses, how = responses_of(sock)
+    assert [(s, b) for s, _, b in responses] == [(500, b"Internal Server Error"),
+                                                 (200, b"i-slowh")]
+    assert how == "eof"
 
 
 def test_a_slow_broker_makes_only_its_own_requests_wait(hostile: Hostile) -> None:

@@ -152,6 +152,14 @@ class HttpConnection(asyncio.Protocol):
         if started:
             self.plane.stats.observe(time.perf_counter() - started)
 
+    def eof_received(self) -> bool | None:
+        """The peer has sent all it will (a half-close, as `nc -N` does): an answer still
+        awaited is written first, and the connection closed after it."""
+        if self._queue is not None:
+            self._close_after = True
+            return True  # keep the transport open for the answers
+        return None  # nothing awaited: close
+
     def pause_writing(self) -> None:
         """The peer is not reading: read no more requests from it (its deadline runs on)."""
         if self.transport is not None:
