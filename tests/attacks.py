@@ -277,9 +277,10 @@ class Hostile:
 def start(variant: str, workdir: Path, names: Sequence[str], pg_url: str | None = None,
           limits: dict[str, Any] | None = None, unknown: int = 8,
           broker_sleep: float = BROKER_SLEEP, launcher: Any = None,
-          **settings: Any) -> Hostile:
+          credentials: dict[str, Any] | None = None, **settings: Any) -> Hostile:
     """A server for `fleet(names)` in `variant`, its instances on their source addresses, a
-    PROXY protocol listener beside the plain one; serving when this returns."""
+    PROXY protocol listener beside the plain one; serving when this returns. RAM
+    credentials come from the broker unless `credentials` says otherwise."""
     workers = 2 if variant == "workers2" else 1
     topology = None
     if variant == "ipv6":
@@ -311,7 +312,7 @@ def start(variant: str, workdir: Path, names: Sequence[str], pg_url: str | None 
     if workers > 1:
         settings["workers"] = workers
     srv = ServerProcess(workdir, fleet(names), listeners, limits=limits or {},
-                        credentials=broker.settings(), **settings)
+                        credentials=credentials or broker.settings(), **settings)
     if topology is not None and launcher is None:
         server_ns = topology.server
 
