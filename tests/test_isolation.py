@@ -20,13 +20,17 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from attacks import VARIANTS, Hostile, Net, request, responses_of, start
 from ecs_imds.dataplane import proxy
-from pg import PostgresCluster, wait_until
+from pg import wait_until
 from server import split_responses
+
+if TYPE_CHECKING:
+    from pg import PostgresCluster
 
 CREDS = "/latest/meta-data/ram/security-credentials/hostile-role"
 ID = "/latest/meta-data/instance-id"
@@ -37,7 +41,11 @@ NAMES = ["b", "cap", "lines", "pipe", "slowq", "slowo", "slowh", "slowa", "slowr
          "flood", "off1", "off2", "up", "proxied"]
 
 
-@pytest.fixture(scope="module", params=VARIANTS)
+# The variants, marked as conftest.py's markers say (namespaces need root).
+MARKS = {"ipv6": pytest.mark.netns, "postgres": pytest.mark.postgres}
+
+
+@pytest.fixture(scope="module", params=[pytest.param(v, marks=MARKS.get(v, ())) for v in VARIANTS])
 def hostile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[Hostile]:
     variant = request.param
