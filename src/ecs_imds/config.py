@@ -394,6 +394,12 @@ SETTINGS: dict[str, Setting] = {
     "limits.burst": Setting(number(0, unit=" requests"), "an instance may send at once"),
     "limits.idle-timeout": Setting(number(0.1, unit=" seconds"), "keep-alive idle time"),
     "limits.request-timeout": Setting(number(0.1, unit=" seconds"), "first byte to end"),
+    "limits.write-buffer": Setting(number(4096, integer=True, unit=" bytes"),
+                                   "answers unread past it → cut off"),
+    "limits.connections-per-source": Setting(number(1, integer=True, unit=" connections"),
+                                             "more from one address → closed"),
+    "limits.max-connections": Setting(number(0, integer=True, unit=" connections (0: as the "
+                                             "descriptor limit allows)"), "in all"),
     "credentials.issuer": Setting(choice("builtin", "static", "command"), "RAM credentials"),
     "credentials.lifetime": Setting(number(60, integer=True, unit=" seconds"), "builtin"),
     "credentials.refresh": Setting(number(0, integer=True, unit=" seconds"), "builtin"),
