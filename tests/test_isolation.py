@@ -119,6 +119,7 @@ def victim_is_served(net: Net, connections: int = 4) -> None:
 def test_one_source_is_capped_and_the_others_are_still_served(hostile: Hostile) -> None:
     net, workers = hostile.net, hostile.workers
     most = CAP  # per source, in all workers together
+    began = time.monotonic()
     socks = held(net, "cap", 100)
     wait_until(lambda: len(ended(socks)) >= 100 - most, timeout=20)
     refused = ended(socks)
@@ -140,7 +141,8 @@ def test_one_source_is_capped_and_the_others_are_still_served(hostile: Hostile) 
         # Every refusal is accounted for in the log, in at most a line a second.
         counts = warnings_of(hostile, r"refused a connection from \S+: \d+ connections open "
                                       r"from it")
-        assert sum(counts) == 100 - most + 1 and len(counts) == 2
+        assert sum(counts) == 100 - most + 1
+        assert 2 <= len(counts) <= time.monotonic() - began + 1  # once a second at most
     close_all([late, *socks])
     # Once they are gone, `cap` is served again: its count went down as they closed.
     wait_until(lambda: _served(net, "cap"), timeout=20)
@@ -412,14 +414,16 @@ def test_refused_proxy_headers_are_logged_once_a_second_with_a_count(hostile: Ho
     a listener that speaks it: each connection closed unanswered, the log bounded."""
     net = hostile.net
     header = proxy.header(net.sources["b"]) + request(ID)
+    began = time.monotonic()
     for n in range(101):
         if n == 100:
             time.sleep(1.1)  # the next warning is logged, with how many were left out
         with net.connect("proxied", port=net.proxy_port) as sock:
             sock.sendall(header)
             assert nothing_but_the_end(sock)
+    seconds = time.monotonic() - began
     counts = warnings_of(hostile, r"PROXY protocol header from an untrusted peer")
-    assert 1 <= len(counts) <= 3 * hostile.workers
+    assert 1 <= len(counts) <= (seconds + 1) * hostile.workers  # once a second at most
     if hostile.workers == 1:
         assert sum(counts) == 101
     # Through that listener the instance is still served as itself, without a header.
