@@ -66,6 +66,12 @@ golden: $(STAMP)
 bench: $(STAMP)
 	@$(MAKE) --no-print-directory debs DEB_TOOLS="$(BENCH_TOOLS)"
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/isolation.py
+
+# The data plane fuzzed for a million requests (tests/fuzzer.py; briefly in `make test`).
+.PHONY: fuzz
+fuzz: $(STAMP)
+	$(BIN)/python bench/fuzz.py
 
 # The console's pictures in the README (docs/console-*.png), taken in headless Chromium.
 screenshots: $(STAMP) debs

@@ -10,8 +10,9 @@ tests/test_fuzz.py and bench/isolation.py.
   `i-slow…` sleeps, then fails; `i-stale…` gives one credential close to its refresh, then
   behaves like `i-slow…`; every other instance gets a credential at once. Each run is
   recorded in a file, so a test counts the broker's runs.
-- Raw connections from a given source (optionally with a tiny receive buffer), and what a
-  server costs, read from /proc: CPU time, resident memory, log lines.
+- Raw connections from a given source (optionally with a tiny receive buffer), one answer
+  read from a kept-alive one, and what a server costs, read from /proc: CPU time, resident
+  memory, log lines.
 
 Everything goes to loopback or to the namespace made here; nothing else.
 """
@@ -343,3 +344,22 @@ def responses_of(sock: socket.socket) -> tuple[list[tuple[int, dict[str, str], b
     except TimeoutError:
         how = "open"
     return split_responses(b"".join(chunks)), how
+
+
+def one_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Read one answer from a keep-alive connection (ConnectionError if it ends first)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += _more(sock)
+    head, _, body = data.partition(b"\r\n\r\n")
+    ((status, headers, _),) = split_responses(head + b"\r\n\r\n")
+    while len(body) < int(headers["content-length"]):
+        body += _more(sock)
+    return status, headers, body
+
+
+def _more(sock: socket.socket) -> bytes:
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise ConnectionError("the connection ended before an answer")
+    return chunk

@@ -24,10 +24,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from attacks import VARIANTS, Hostile, Net, request, responses_of, start
+from attacks import VARIANTS, Hostile, Net, one_answer, request, responses_of, start
 from ecs_imds.dataplane import proxy
 from pg import wait_until
-from server import split_responses
 
 if TYPE_CHECKING:
     from pg import PostgresCluster
@@ -260,20 +259,6 @@ def test_answers_keep_their_order_behind_one_that_waits(hostile: Hostile) -> Non
 
 
 # --- 5. a slow or failing credential broker -------------------------------------------------
-def one_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """Read one answer from a keep-alive connection."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, "the connection ended before an answer"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    ((status, headers, _),) = split_responses(head + b"\r\n\r\n")
-    while len(body) < int(headers["content-length"]):
-        body += sock.recv(65536)
-    return status, headers, body
-
-
 def test_a_client_that_half_closes_still_gets_every_answer(hostile: Hostile) -> None:
     """Requests, then the end of what the client sends (as `nc -N` does), while the first
     answer waits for the broker: every answer comes, then the connection ends."""
