@@ -419,10 +419,13 @@ def table(workers: int, rows: list[Row]) -> list[str]:
     return out
 
 
-def report(results: dict[int, list[Row]], seconds: float, command: str) -> str:
+def report(results: dict[int, list[Row]], seconds: float, command: str, load: float
+           ) -> str:
     day = datetime.date.today().isoformat()
     lines = [BEGIN, "", f"`{command}` on {day}: {os.cpu_count()} cores, shared by the server, "
-             f"the attacker and the victim; each phase {seconds:g} s (the broker's 13 s), "
+             f"the attacker and the victim (load average {load:.1f} at the start: the "
+             f"machine may be shared with other work); each phase {seconds:g} s (the "
+             f"broker's at least 13 s), "
              f"B at {RATE}/s kept alive + {RATE}/s on new connections.", ""]
     for workers, rows in results.items():
         lines += [*table(workers, rows), ""]
@@ -453,6 +456,7 @@ def main() -> None:
     command = "make bench" if os.environ.get("MAKELEVEL") else "python " + " ".join(
         [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
     results: dict[int, list[Row]] = {}
+    load = os.getloadavg()[0]
     for workers in (int(w) for w in opts.workers.split(",")):
         print(f"--workers {workers}", flush=True)
         work = Path(tempfile.mkdtemp(prefix="ecs-imds-isolation-"))
@@ -460,7 +464,7 @@ def main() -> None:
             results[workers] = run(workers, seconds, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    text = report(results, seconds, command)
+    text = report(results, seconds, command, load)
     print(text)
     write(opts.out, text)
     print(f"written to {opts.out}")
