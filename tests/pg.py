@@ -45,16 +45,18 @@ def pg_bin() -> Path:
 class PostgresCluster:
     """initdb, start, stop, restart; `url(db)` is a psycopg URL of one database.
 
-    With `primary`, the cluster is a hot standby of it instead: a base backup taken with
-    `pg_basebackup -R`, which then follows the primary by streaming replication (over the
-    primary's unix socket) until it is promoted."""
+    With `primary`, the cluster is a base backup of it instead (`pg_basebackup`): a hot
+    standby (`standby`, with `-R`) that follows the primary by streaming replication (over
+    the primary's unix socket) until it is promoted, or a copy that starts as a primary of
+    its own, as a restored backup does."""
 
     def __init__(self, durable: bool = False, primary: PostgresCluster | None = None,
-                 max_connections: int = 200) -> None:
+                 max_connections: int = 200, standby: bool = True) -> None:
         """`durable`: PostgreSQL's own defaults (fsync on), for benchmarks; the tests run
         without flushing to disk."""
         self.bin = pg_bin()
         self.dir = Path(tempfile.mkdtemp(prefix="ecs-imds-pg-"))
+        self.socket = self.dir  # where its socket is (`take_place_of` moves it)
         self.data = self.dir / "data"
         self.port = 5432  # only names the socket file: there is no TCP listener
         self._as: list[str] = []
@@ -63,9 +65,9 @@ class PostgresCluster:
             os.chown(self.dir, user.pw_uid, user.pw_gid)
             self._as = ["runuser", "-u", "postgres", "--"]
         if primary is not None:
-            self._run("pg_basebackup", "-D", str(self.data), "-R", "-X", "stream",
-                      "-c", "fast", "-h", str(primary.dir), "-p", str(primary.port),
-                      "-U", "postgres")
+            self._run("pg_basebackup", "-D", str(self.data), *(["-R"] if standby else []),
+                      "-X", "stream", "-c", "fast", "-h", str(primary.socket),
+                      "-p", str(primary.port), "-U", "postgres")
             with (self.data / "postgresql.conf").open("a") as conf:  # its own socket
                 conf.write(f"unix_socket_directories = '{self.dir}'\n")
             return
@@ -90,6 +92,14 @@ class PostgresCluster:
         """A fast shutdown: every client's connection is cut, as when the database dies."""
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
+    def take_place_of(self, other: PostgresCluster) -> None:
+        """From its next start, listen where `other` does (stopped by then), so that its
+        clients' URLs now reach this cluster: a restored backup or a promoted standby put
+        in the place of a lost primary."""
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(f"unix_socket_directories = '{other.socket}'\n")
+        self.socket = other.socket
+
     def promote(self) -> None:
         """A standby becomes a primary (what a failover does)."""
         self._run("pg_ctl", "-D", str(self.data), "-w", "promote")
@@ -108,7 +118,7 @@ class PostgresCluster:
         return (self.data / "postmaster.pid").exists()
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@/{database}?host={self.dir}&port={self.port}"
+        return f"postgresql://postgres@/{database}?host={self.socket}&port={self.port}"
 
     def create_database(self, prefix: str = "t") -> str:
         """A new empty database; returns its URL."""

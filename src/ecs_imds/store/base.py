@@ -14,6 +14,16 @@ hands out a `Subscription` whose notices carry the same rows when they fit; one 
 cannot (SQLite, a hot standby) is polled with `changes`. The log's rows are one store's
 history: versions order changes within one store only. The store knows nothing of the
 protocol beyond the three fields it indexes.
+
+A version number alone does not name a state of the store: a database restored from an
+earlier backup, or a standby promoted before it received the last commits, has lost some
+versions and will hand the same numbers out again for other writes. So every version gets
+a **stamp** when it is committed (a random number the database makes itself, by a trigger,
+whoever writes), kept as long as the change log. A reader remembers the stamp of the
+version it has and asks for changes with it (`changes(since, scope, stamp)`): when the
+store no longer holds that stamp at that version (its history is not the reader's, or it
+is behind the reader), the answer is `resync`, and the reader reads its scope afresh
+instead of trusting anything it built before.
 """
 
 from __future__ import annotations
@@ -105,17 +115,21 @@ class Changes:
     version: int
     ids: frozenset[str] = frozenset()  # written, deleted, or moved into or out of the scope
     fleet: bool = False  # the defaults, token keys or secrets changed
-    resync: bool = False  # the log does not reach back to the reader's version: read it all
+    # The reader's version is not in the store's history as the reader knows it (another
+    # history, or the log does not reach back that far): read the scope afresh.
+    resync: bool = False
+    stamp: int | None = field(default=None, compare=False)  # of `version`; None: unknown
 
     def then(self, later: Changes) -> Changes:
         """This change followed by `later`, as one."""
         if self.resync or later.resync:
-            return Changes(later.version, resync=True)
-        return Changes(later.version, self.ids | later.ids, self.fleet or later.fleet)
+            return Changes(later.version, resync=True, stamp=later.stamp)
+        return Changes(later.version, self.ids | later.ids, self.fleet or later.fleet,
+                       stamp=later.stamp)
 
 
-def within(rows: Iterable[tuple[str, Iterable[str] | None]], scope: Scope, version: int
-           ) -> Changes:
+def within(rows: Iterable[tuple[str, Iterable[str] | None]], scope: Scope, version: int,
+           stamp: int | None = None) -> Changes:
     """Log rows (host, ids) → what they change in `scope`."""
     ids: set[str] = set()
     fleet = False
@@ -124,7 +138,17 @@ def within(rows: Iterable[tuple[str, Iterable[str] | None]], scope: Scope, versi
             fleet = True
         elif scope is None or host in scope:
             ids.update(named or ())
-    return Changes(version, frozenset(ids), fleet)
+    return Changes(version, frozenset(ids), fleet, stamp=stamp)
+
+
+def diverged(since: int, stamp: int | None, floor: int, version: int,
+             stamp_at_since: int | None) -> bool:
+    """Whether a reader at version `since` (whose stamp is `stamp`; None: not checked) must
+    read its scope afresh: the store is behind it, its log no longer reaches back there, or
+    it holds another stamp at that version (another history)."""
+    if not floor <= since <= version:
+        return True
+    return stamp is not None and stamp != stamp_at_since
 
 
 # PostgreSQL's NOTIFY payload is limited to 8000 bytes: a longer notice names fewer things.
@@ -133,13 +157,14 @@ MAX_PAYLOAD = 7900
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """A change notice: one write took the store to `version`. `hosts` holds its change log
-    rows (host → the instance ids changed there) when they fit in a notice; a host whose
-    ids did not fit maps to None, and `hosts` is None when not even the hosts did. Whatever
-    a notice leaves out, the log has."""
+    """A change notice: one write took the store to `version`, stamped `stamp`. `hosts`
+    holds its change log rows (host → the instance ids changed there) when they fit in a
+    notice; a host whose ids did not fit maps to None, and `hosts` is None when not even the
+    hosts did. Whatever a notice leaves out, the log has."""
 
     version: int
     hosts: Mapping[str, frozenset[str] | None] | None = field(default_factory=dict)
+    stamp: int | None = field(default=None, compare=False)
 
     def within(self, scope: Scope) -> Changes | None:
         """What this notice changes in `scope`; None when only the log can tell."""
@@ -148,42 +173,48 @@ class Change:
         if any(ids is None and (scope is None or host in scope)
                for host, ids in self.hosts.items()):
             return None
-        return within(self.hosts.items(), scope, self.version)
+        return within(self.hosts.items(), scope, self.version, self.stamp)
 
     def payload(self) -> str:
         compact = (",", ":")
+        head: dict[str, Any] = {"v": self.version}
+        if self.stamp is not None:
+            head["s"] = self.stamp
         hosts = self.hosts
         if hosts is not None:
-            text = json.dumps({"v": self.version, "c": {
+            text = json.dumps(head | {"c": {
                 h: None if ids is None else sorted(ids) for h, ids in hosts.items()}},
                 separators=compact)
             if len(text.encode()) <= MAX_PAYLOAD:
                 return text
-            text = json.dumps({"v": self.version, "c": {h: None for h in hosts}},
-                              separators=compact)
+            text = json.dumps(head | {"c": {h: None for h in hosts}}, separators=compact)
             if len(text.encode()) <= MAX_PAYLOAD:
                 return text
-        return json.dumps({"v": self.version}, separators=compact)
+        return json.dumps(head, separators=compact)
 
     @classmethod
     def parse(cls, payload: str) -> Change | None:
         """The notice in `payload`; None when it is not one (then nothing can be assumed)."""
         try:
             doc = json.loads(payload)
-            version = doc["v"]
-            if not isinstance(version, int) or isinstance(version, bool):
+            version, stamp = doc["v"], doc.get("s")
+            if not _whole(version) or not (stamp is None or _whole(stamp)):
                 return None
             if "c" not in doc:
-                return cls(version, None)
+                return cls(version, None, stamp)
             hosts: dict[str, frozenset[str] | None] = {}
             for host, ids in doc["c"].items():
                 if ids is not None and (not isinstance(ids, list)
                                         or not all(isinstance(i, str) for i in ids)):
                     return None
                 hosts[host] = None if ids is None else frozenset(ids)
-            return cls(version, hosts)
+            return cls(version, hosts, stamp)
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class Subscription(Protocol):
@@ -211,6 +242,9 @@ class Store(Protocol):
     def version(self) -> int:
         """A counter that grows with every committed change."""
 
+    def head(self) -> tuple[int, int]:
+        """The version and its stamp, read together."""
+
     def load_defaults(self) -> dict[str, Any]: ...
 
     def revisions(self, scope: Scope = None) -> dict[str, int]:
@@ -221,9 +255,11 @@ class Store(Protocol):
                        ) -> list[StoredInstance]:
         """The instances `ids` (all when None) placed within `scope`, in insertion order."""
 
-    def changes(self, since: int, scope: Scope = None) -> Changes:
+    def changes(self, since: int, scope: Scope = None, stamp: int | None = None) -> Changes:
         """What changed in `scope` after version `since`, read from the change log at one
-        point in time; `resync` when the log no longer reaches back to `since`."""
+        point in time, with the stamp of the version it reaches; `resync` when the log no
+        longer reaches back to `since`, or (`stamp` given) the store's stamp of `since` is
+        not `stamp`."""
 
     def write_fleet(self, defaults: dict[str, Any] | None, instances: list[dict[str, Any]],
                     replace: bool = False, note: tuple[str, bytes] | None = None) -> int:

@@ -5,7 +5,9 @@ on them, and of the change log only their rows. Rebuilds are incremental: an ins
 read and rendered again only when the change log names it (or the fleet defaults changed);
 a change elsewhere in the fleet costs a scoped server nothing but a new version number. If
 the store cannot be read, the last snapshot keeps serving, marked stale; when the store is
-back, the feed catches up from the change log by itself.
+back, the feed catches up from the change log by itself. A snapshot is of one history of
+the store (base.py: stamps): when the store's history is no longer the one the snapshot
+was built from (a restore, a failover that lost commits), the scope is read afresh.
 """
 
 from __future__ import annotations
@@ -24,8 +26,13 @@ from ecs_imds.protocol.model import FleetDefaults, Instance, effective
 from ecs_imds.protocol.snapshot import Deferred, Index, Snapshot
 from ecs_imds.protocol.tokens import KeyRing
 from ecs_imds.store.base import Change, Changes, Scope, Store, StoredInstance, Subscription
+from ecs_imds.store.retry import DEFAULT_RETRY_MAX, Backoff
 
 log = logging.getLogger("ecs_imds.feed")
+
+# Seconds without a successful exchange with the store after which the served snapshot is
+# said to be stale (store.stale-after), whatever the feed's own call is waiting for.
+DEFAULT_STALE_AFTER = 3.0
 
 # Instances read in one build beyond which rendering waits for each one's first request
 # (snapshot.Deferred): a server starting on a large fleet serves in seconds, not minutes.
@@ -48,13 +55,17 @@ class SnapshotBuilder:
         self._pool = Pool()
         self._key_ring: KeyRing | None = None
         self._index = Index()
+        self.stamp: int | None = None  # the stamp of the version last built
 
-    def build(self) -> Snapshot:
+    def build(self, afresh: bool = False) -> Snapshot:
         """The scope as the store holds it now: every instance's revision is compared with
-        what was rendered, and only the ones that differ are read again."""
+        what was rendered, and only the ones that differ are read again; `afresh`, every
+        one is (revisions name versions, and versions are only unique within one history)."""
         if self.before_build is not None:
             self.before_build()
-        version = self.store.version()
+        version, stamp = self.store.head()
+        if afresh:
+            self._cache.clear()
         self._read_defaults()
         revisions = self.store.revisions(self.scope)
         for gone in [i for i in self._cache if i not in revisions]:
@@ -65,13 +76,14 @@ class SnapshotBuilder:
         for start in range(0, len(stale), READ_AT_ONCE):
             self._render(self.store.load_instances(stale[start:start + READ_AT_ONCE],
                                                    self.scope), later)
-        return self._snapshot(version)
+        return self._snapshot(version, stamp)
 
     def update(self, changes: Changes) -> Snapshot:
         """The snapshot after `changes`: only the instances they name are read again, and
-        the defaults and keys only when they say the fleet changed."""
+        the defaults and keys only when they say the fleet changed; everything when they
+        say to resynchronise."""
         if changes.resync or self._defaults_doc is None:
-            return self.build()
+            return self.build(afresh=changes.resync)
         if changes.fleet:
             if self.before_build is not None:
                 self.before_build()
@@ -82,7 +94,7 @@ class SnapshotBuilder:
         for gone in set(ids) - {s.instance_id for s in found}:  # deleted, or moved away
             self._cache.pop(gone, None)
         self._render(found, len(found) > RENDER_AT_ONCE)
-        return self._snapshot(changes.version, keys=changes.fleet)
+        return self._snapshot(changes.version, changes.stamp, keys=changes.fleet)
 
     def _read_defaults(self) -> bool:
         """Read the fleet defaults; True when they changed (everything renders again)."""
@@ -95,9 +107,10 @@ class SnapshotBuilder:
         self._pool = Pool()
         return True
 
-    def _snapshot(self, version: int, keys: bool = True) -> Snapshot:
+    def _snapshot(self, version: int, stamp: int | None, keys: bool = True) -> Snapshot:
         by_address, by_id = self._index.update(self._cache)
         key_ring = self._keys() if keys or self._key_ring is None else self._key_ring
+        self.stamp = stamp
         return Snapshot(version=version, by_address=by_address, by_id=by_id,
                         key_ring=key_ring, built_at=time.time())
 
@@ -138,50 +151,70 @@ class ChangeFeed:
     lost, it subscribes again and catches up from the log. With a store that has no
     notices (SQLite, a hot standby), it polls the log every `interval` seconds, and so it
     does while it cannot subscribe (the store is away), trying again every `resubscribe`
-    seconds. Only when the log no longer reaches back to the served version (retention) is
-    the scope read again in full.
+    seconds. Only when the log no longer reaches back to the served version (retention),
+    or the store's history is not the snapshot's, is the scope read again in full.
+
+    While the store fails, attempts back off (`retry.Backoff`, at most `retry_max` seconds
+    apart), so that a fleet of servers does not come back at the same instant. A watchdog
+    thread marks the snapshot stale once the feed has had no successful exchange with the
+    store for `stale_after` seconds, whatever its own call is still waiting for: a hung
+    database is said to be so within a bound, and the data plane keeps serving meanwhile.
 
     Runs in its own thread so that a slow store or a large rebuild never blocks requests.
     """
 
     def __init__(self, builder: SnapshotBuilder, current: Snapshot,
                  publish: Callable[[Snapshot], None], interval: float = 0.2,
-                 heartbeat: float = 1.0) -> None:
+                 heartbeat: float = 1.0, stale_after: float = DEFAULT_STALE_AFTER,
+                 retry_max: float = DEFAULT_RETRY_MAX) -> None:
         self.builder = builder
         self.current = current
+        self.stamp = builder.stamp  # of the version `current` was built from
         self.publish = publish
         self.interval = interval
         self.heartbeat = max(heartbeat, interval)
+        self.stale_after = stale_after
+        self.backoff = Backoff(interval, retry_max)
         self.resubscribe = 5.0  # seconds between attempts to subscribe while polling
         self._polling = False
+        self._verified = time.monotonic()  # the end of the last successful exchange
+        self._lock = threading.Lock()  # the feed and the watchdog both publish
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="change-feed", daemon=True)
+        self._watchdog = threading.Thread(target=self._watch, name="change-feed-watchdog",
+                                          daemon=True)
 
     def start(self) -> None:
+        self._verified = time.monotonic()
         self._thread.start()
+        self._watchdog.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+        for thread in (self._thread, self._watchdog):
+            if thread.is_alive():
+                thread.join(timeout=5)
 
-    def poll(self) -> None:
+    def poll(self) -> bool:
         """Read the change log since the served version and apply it; on a failure keep
-        serving, stale."""
+        serving, stale. True when it worked."""
         try:
             self._catch_up()
         except Exception as exc:  # the store is down: keep serving what we have
             self._down(exc)
+            return False
+        return True
 
     def apply(self, notices: list[Change | None]) -> None:
         """Apply a batch of change notices; raises when the store cannot be read."""
         known = self.current.version
         fresh = [n for n in notices if n is None or n.version > known]
         if not fresh:
+            self._verified = time.monotonic()
             return
-        changes: Changes | None = Changes(known)
+        changes: Changes | None = Changes(known, stamp=self.stamp)
         for n in fresh:
-            told = None if n is None else n.within(self.builder.scope)
+            told = None if n is None or n.stamp is None else n.within(self.builder.scope)
             if changes is None or told is None or told.version != changes.version + 1:
                 changes = None  # a gap, or a notice that does not say: the log does
                 break
@@ -190,9 +223,12 @@ class ChangeFeed:
             self._catch_up()
         else:
             self._apply(changes)
+            self._verified = time.monotonic()
 
     def _catch_up(self) -> None:
-        self._apply(self.builder.store.changes(self.current.version, self.builder.scope))
+        self._apply(self.builder.store.changes(self.current.version, self.builder.scope,
+                                               self.stamp))
+        self._verified = time.monotonic()
 
     def _apply(self, changes: Changes) -> None:
         if changes.version == self.current.version and not changes.resync:
@@ -200,26 +236,54 @@ class ChangeFeed:
                 self._set(replace(self.current, stale=False))
             return
         if changes.resync:
-            log.warning("the change log does not reach back to version %d: reading %s again",
-                        self.current.version,
+            log.warning("the store's history no longer holds version %d as served (its log "
+                        "does not reach back there, or it was restored or failed over): "
+                        "reading %s again", self.current.version,
                         "the whole fleet" if self.builder.scope is None else "the scope")
+            self._down()  # what it serves is not the store's state until rebuilt
         if changes.ids or changes.fleet or changes.resync:
-            self._set(self.builder.update(changes))
+            snap = self.builder.update(changes)
+            self.stamp = self.builder.stamp
+            self._set(snap)
         else:  # nothing in the scope changed: the same snapshot, at the new version
+            self.stamp = changes.stamp
             self._set(replace(self.current, version=changes.version, built_at=time.time(),
                               stale=False))
 
-    def _down(self, exc: Exception) -> None:
-        if not self.current.stale:
-            log.warning("store unreachable, serving snapshot %d: %s",
-                        self.current.version, exc)
-            self._set(replace(self.current, stale=True))
+    def _down(self, reason: object = None) -> None:
+        """Mark the served snapshot stale (once), saying why the store is unreachable."""
+        with self._lock:
+            if not self.current.stale:
+                if reason is not None:
+                    log.warning("store unreachable, serving snapshot %d: %s",
+                                self.current.version, reason)
+                self._publish(replace(self.current, stale=True))
 
     def _set(self, snap: Snapshot) -> None:
-        if self.current.stale and not snap.stale:
-            log.warning("store reachable again, serving snapshot %d", snap.version)
+        with self._lock:
+            if self.current.stale and not snap.stale:
+                log.warning("store reachable again, serving snapshot %d", snap.version)
+            self._publish(snap)
+
+    def _publish(self, snap: Snapshot) -> None:
         self.current = snap
         self.publish(snap)
+
+    def _watch(self) -> None:
+        """Mark the snapshot stale when the feed has not heard from the store for
+        `stale_after` seconds (its call may be hung: this thread is not)."""
+        tick = min(0.25, self.stale_after / 4)
+        while not self._stop.wait(tick):
+            silent = time.monotonic() - self._verified
+            if silent > self.stale_after and not self.current.stale:
+                self._down(f"no answer for {silent:.1f} s")
+
+    def _pause(self, ok: bool) -> float:
+        """Seconds until the next poll: the interval, or a backoff after a failure."""
+        if ok:
+            self.backoff.reset()
+            return self.interval
+        return self.backoff.next()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -232,8 +296,9 @@ class ChangeFeed:
                 log.warning("change notices from the store again")
                 self._polling = False
             if subscription is None:
-                while not self._stop.wait(self.interval):
-                    self.poll()
+                ok = True
+                while not self._stop.wait(self._pause(ok)):
+                    ok = self.poll()
                 return
             try:
                 self._listen(subscription)
@@ -242,19 +307,20 @@ class ChangeFeed:
             finally:
                 with contextlib.suppress(Exception):
                     subscription.close()
-            self._stop.wait(self.interval)
+            self._stop.wait(self.backoff.next())
 
     def _poll_for_a_while(self, exc: Exception) -> None:
         if not self._polling:
             log.warning("no change notices from the store, polling it: %s", exc)
             self._polling = True
         until = time.monotonic() + self.resubscribe
-        while time.monotonic() < until and not self._stop.is_set():
-            self.poll()
-            self._stop.wait(self.interval)
+        ok = self.poll()
+        while time.monotonic() < until and not self._stop.wait(self._pause(ok)):
+            ok = self.poll()
 
     def _listen(self, subscription: Subscription) -> None:
         self._catch_up()  # whatever changed before the subscription began
+        self.backoff.reset()
         last = time.monotonic()
         while not self._stop.is_set():
             notices = subscription.wait(min(0.25, self.heartbeat))

@@ -49,6 +49,7 @@ from ecs_imds.store.base import (
     StoredInstance,
     StoreDump,
     claims_of_batch,
+    diverged,
     touched,
     within,
 )
@@ -109,6 +110,20 @@ CREATE INDEX changes_by_time ON changes (at);
 INSERT INTO state SELECT 'log-floor', value FROM state WHERE key = 'version';
 """),
     (3, _claims_of_existing),
+    # Every version's stamp (base.py: which history a version belongs to), made by the
+    # database on each bump of the version, whoever bumps it; pruned with the change log.
+    (4, """
+CREATE TABLE commits (version bigint PRIMARY KEY, stamp bigint NOT NULL);
+CREATE FUNCTION ecs_imds_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO commits VALUES (NEW.value, (random() * 9007199254740991)::bigint);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER stamp_each_version AFTER UPDATE OF value ON state FOR EACH ROW
+    WHEN (NEW.key = 'version') EXECUTE FUNCTION ecs_imds_stamp();
+INSERT INTO commits SELECT value, (random() * 9007199254740991)::bigint
+    FROM state WHERE key = 'version';
+"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -126,15 +141,19 @@ _UPSERT = ("INSERT INTO instances (instance_id, doc, revision, host) VALUES (%s,
            "ON CONFLICT (instance_id) DO UPDATE "
            "SET doc = EXCLUDED.doc, revision = EXCLUDED.revision, host = EXCLUDED.host")
 
-# The change log after a version, within some hosts, and where the log begins, read in one
-# statement (one snapshot of the database).
+# The change log after a version, within some hosts, where the log begins, and the stamps
+# of both ends, read in one statement (one snapshot of the database).
 _CHANGES = """
-SELECT s.value, f.value, c.host, c.ids
+SELECT s.value, f.value, c.host, c.ids,
+    (SELECT stamp FROM commits WHERE version = s.value),
+    (SELECT stamp FROM commits WHERE version = %(since)s)
 FROM state s JOIN state f ON f.key = 'log-floor'
 LEFT JOIN changes c ON c.version > %(since)s AND c.version <= s.value
     AND f.value <= %(since)s AND (%(everywhere)s OR c.host = ANY(%(hosts)s))
 WHERE s.key = 'version'
 """
+_HEAD = ("SELECT s.value, c.stamp FROM state s LEFT JOIN commits c ON c.version = s.value "
+         "WHERE s.key = 'version'")
 
 
 def _dump(doc: dict[str, Any]) -> str:
@@ -356,10 +375,14 @@ class PostgresStore:
             conn.execute("""
 WITH cut AS (SELECT max(version) AS v FROM changes
              WHERE at < now() - make_interval(secs => %s)),
-     pruned AS (DELETE FROM changes WHERE version <= (SELECT v FROM cut))
+     pruned AS (DELETE FROM changes WHERE version <= (SELECT v FROM cut)),
+     unstamped AS (DELETE FROM commits WHERE version < (SELECT v FROM cut))
 UPDATE state SET value = greatest(value, (SELECT v FROM cut))
 WHERE key = 'log-floor' AND (SELECT v FROM cut) IS NOT NULL""", (self.retention,))
-        notice = Change(version, {host: frozenset(ids) for host, ids in rows.items()})
+        stamp = conn.execute("SELECT stamp FROM commits WHERE version = %s",
+                             (version,)).fetchone()
+        notice = Change(version, {host: frozenset(ids) for host, ids in rows.items()},
+                        stamp[0] if stamp else None)
         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, notice.payload()))
 
     @staticmethod
@@ -554,14 +577,22 @@ WHERE key = 'log-floor' AND (SELECT v FROM cut) IS NOT NULL""", (self.retention,
             assert row is not None
             return int(row[0])
 
-    def changes(self, since: int, scope: Scope = None) -> Changes:
+    def head(self) -> tuple[int, int]:
+        with self._pool.connection() as conn:
+            row = conn.execute(_HEAD).fetchone()
+            assert row is not None
+            return int(row[0]), int(row[1] or 0)
+
+    def changes(self, since: int, scope: Scope = None, stamp: int | None = None) -> Changes:
         with self._pool.connection() as conn:
             found = conn.execute(_CHANGES, {"since": since, "everywhere": scope is None,
                                             "hosts": [*(scope or ()), FLEET]}).fetchall()
         version, floor = int(found[0][0]), int(found[0][1])
-        if not floor <= since <= version:
-            return Changes(version, resync=True)
-        return within(((h, ids) for _, _, h, ids in found if h is not None), scope, version)
+        head_stamp, since_stamp = found[0][4], found[0][5]
+        if diverged(since, stamp, floor, version, since_stamp):
+            return Changes(version, resync=True, stamp=head_stamp)
+        return within(((h, ids) for _, _, h, ids, _, _ in found if h is not None), scope,
+                      version, head_stamp)
 
     def load_defaults(self) -> dict[str, Any]:
         with self._pool.connection() as conn:
@@ -636,6 +667,7 @@ WHERE key = 'log-floor' AND (SELECT v FROM cut) IS NOT NULL""", (self.retention,
             self._replace_token_keys(conn, dump.token_keys)
             self._write_fleet(conn, version, dump.defaults, dump.instances, replace=True)
             conn.execute("DELETE FROM changes")
+            conn.execute("DELETE FROM commits WHERE version < %s", (version,))
             conn.execute("UPDATE state SET value = %s WHERE key = 'log-floor'", (version,))
             return version
 

@@ -29,6 +29,7 @@ from ecs_imds.store.base import (
     StoredInstance,
     StoreDump,
     claims_of_batch,
+    diverged,
     touched,
     within,
 )
@@ -59,7 +60,14 @@ CREATE INDEX changes_by_host ON changes (host, version);
 CREATE INDEX changes_by_time ON changes (at);
 INSERT INTO state SELECT 'log-floor', value FROM state WHERE key = 'version';
 """
-SCHEMA_VERSION = 2
+# Schema 3: every version's stamp (base.py), made by a trigger on each bump of the version.
+SCHEMA_3 = (
+    "CREATE TABLE commits (version INTEGER PRIMARY KEY, stamp INTEGER NOT NULL)",
+    "CREATE TRIGGER stamp_each_version AFTER UPDATE OF value ON state "
+    "WHEN NEW.key = 'version' BEGIN INSERT INTO commits VALUES (NEW.value, random()); END",
+    "INSERT INTO commits SELECT value, random() FROM state WHERE key = 'version'",
+)
+SCHEMA_VERSION = 3
 
 _UPSERT = ("INSERT INTO instances (instance_id, doc, revision, host) VALUES (?, ?, ?, ?) "
            "ON CONFLICT (instance_id) DO UPDATE "
@@ -84,8 +92,13 @@ class SQLiteStore:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
-            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            current = db.execute("PRAGMA user_version").fetchone()[0]
+            if current < 2:
                 self._schema_2(db)
+            if current < 3:
+                for statement in SCHEMA_3:
+                    db.execute(statement)
+            if current < SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _schema_2(self, db: sqlite3.Connection) -> None:
@@ -138,15 +151,18 @@ class SQLiteStore:
                              (now - self.retention,)).fetchone()[0]
             if cut is not None:
                 db.execute("DELETE FROM changes WHERE version <= ?", (cut,))
+                db.execute("DELETE FROM commits WHERE version < ?", (cut,))
                 db.execute("UPDATE state SET value = max(value, ?) WHERE key = 'log-floor'",
                            (cut,))
 
-    def changes(self, since: int, scope: Scope = None) -> Changes:
+    def changes(self, since: int, scope: Scope = None, stamp: int | None = None) -> Changes:
         with self._tx("BEGIN") as db:  # one read transaction: the log as of one version
             state = dict(db.execute("SELECT key, value FROM state"))
             version, floor = int(state["version"]), int(state["log-floor"])
-            if not floor <= since <= version:
-                return Changes(version, resync=True)
+            stamps = dict(db.execute("SELECT version, stamp FROM commits WHERE version IN "
+                                     "(?, ?)", (since, version)))
+            if diverged(since, stamp, floor, version, stamps.get(since)):
+                return Changes(version, resync=True, stamp=stamps.get(version))
             query = "SELECT host, ids FROM changes WHERE version > ? AND version <= ?"
             args: list[Any] = [since, version]
             if scope is not None:
@@ -154,12 +170,17 @@ class SQLiteStore:
                 query += f" AND host IN ({_marks(hosts)})"
                 args += hosts
             rows = [(host, json.loads(ids)) for host, ids in db.execute(query, args)]
-        return within(rows, scope, version)
+        return within(rows, scope, version, stamps.get(version))
 
     # -- reading ---------------------------------------------------------------------------
     def version(self) -> int:
         row = self._db().execute("SELECT value FROM state WHERE key = 'version'").fetchone()
         return int(row[0])
+
+    def head(self) -> tuple[int, int]:
+        row = self._db().execute("SELECT s.value, c.stamp FROM state s LEFT JOIN commits c "
+                                 "ON c.version = s.value WHERE s.key = 'version'").fetchone()
+        return int(row[0]), int(row[1] or 0)
 
     def load_defaults(self) -> dict[str, Any]:
         row = self._db().execute("SELECT doc FROM defaults WHERE id = 1").fetchone()
@@ -371,6 +392,7 @@ class SQLiteStore:
             self._replace_token_keys(db, dump.token_keys)
             version = self._write_fleet(db, dump.defaults, dump.instances, replace=True)
             db.execute("DELETE FROM changes")
+            db.execute("DELETE FROM commits WHERE version < ?", (version,))
             db.execute("UPDATE state SET value = ? WHERE key = 'log-floor'", (version,))
             return version
 

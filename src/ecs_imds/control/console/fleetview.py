@@ -178,6 +178,7 @@ class Table:
     defaults_doc: dict[str, Any]
     rows: dict[str, Row]
     ids: list[str]  # sorted
+    stamp: int | None = None  # of `version`: which history of the store (store/base.py)
     _matches: dict[Filter, list[str]] = field(default_factory=dict)
     _ordered: list[Row] | None = None
     _vpcs: list[tuple[str, int]] | None = None
@@ -239,13 +240,13 @@ class FleetView:
             table = self._table
             if table is None:
                 table = self._table = self._read_all()
-            elif self._store.version() != table.version:
+            elif self._store.head() != (table.version, table.stamp):
                 table = self._table = self._catch_up(table)
             return table
 
     def _read_all(self) -> Table:
         store = self._store
-        version = store.version()
+        version, stamp = store.head()
         defaults_doc = store.load_defaults()
         maker = RowMaker(FleetDefaults.from_doc(defaults_doc))
         ids = list(store.revisions())
@@ -253,17 +254,18 @@ class FleetView:
         for start in range(0, len(ids), READ_AT_ONCE):
             for stored in store.load_instances(ids[start:start + READ_AT_ONCE]):
                 rows[stored.instance_id] = maker.row(stored.doc)
-        return Table(version=version, defaults_doc=defaults_doc, rows=rows, ids=sorted(rows))
+        return Table(version=version, defaults_doc=defaults_doc, rows=rows, ids=sorted(rows),
+                     stamp=stamp)
 
     def _catch_up(self, old: Table) -> Table:
         store = self._store
-        changes = store.changes(old.version)
+        changes = store.changes(old.version, stamp=old.stamp)
         if changes.resync:
             return self._read_all()
         if changes.fleet and store.load_defaults() != old.defaults_doc:
             return self._read_all()
         if not changes.ids:
-            return replace(old, version=changes.version)
+            return replace(old, version=changes.version, stamp=changes.stamp)
         maker = RowMaker(FleetDefaults.from_doc(old.defaults_doc))
         rows = dict(old.rows)
         found = {s.instance_id: s for s in store.load_instances(sorted(changes.ids))}
@@ -275,4 +277,4 @@ class FleetView:
                 rows[instance_id] = maker.row(stored.doc)
         same = all((i in rows) == (i in old.rows) for i in changes.ids)
         return Table(version=changes.version, defaults_doc=old.defaults_doc, rows=rows,
-                     ids=old.ids if same else sorted(rows))
+                     ids=old.ids if same else sorted(rows), stamp=changes.stamp)
