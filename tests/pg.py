@@ -17,6 +17,7 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -58,8 +59,9 @@ class PostgresCluster:
         self.dir = Path(tempfile.mkdtemp(prefix="ecs-imds-pg-"))
         self.socket = self.dir  # where its socket is (`take_place_of` moves it)
         self.data = self.dir / "data"
-        self.port = 5432  # only names the socket file: there is no TCP listener
+        self.port = 5432  # names the socket file (and the TCP port, see `listen_tcp`)
         self._as: list[str] = []
+        self._netns: list[str] = []
         if os.geteuid() == 0:
             user = pwd.getpwnam("postgres")
             os.chown(self.dir, user.pw_uid, user.pw_gid)
@@ -80,8 +82,8 @@ class PostgresCluster:
                 conf.write("fsync = off\nsynchronous_commit = off\n")
 
     def _run(self, tool: str, *args: str) -> None:
-        result = subprocess.run([*self._as, str(self.bin / tool), *args], capture_output=True,
-                                text=True, timeout=120, check=False)
+        result = subprocess.run([*self._netns, *self._as, str(self.bin / tool), *args],
+                                capture_output=True, text=True, timeout=120, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"{tool} failed: {result.stdout}{result.stderr}")
 
@@ -91,6 +93,37 @@ class PostgresCluster:
     def stop(self) -> None:
         """A fast shutdown: every client's connection is cut, as when the database dies."""
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def listen_tcp(self, address: str, network: str, netns: str) -> None:
+        """From its next start: run in network namespace `netns` (one the caller made) and
+        listen on TCP `address` there too, trusting clients from `network`."""
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(f"listen_addresses = '{address}'\n")
+        with (self.data / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all all {network} trust\n")
+        self._netns = ["ip", "netns", "exec", netns]
+
+    def processes(self) -> list[int]:
+        """The postmaster and every process it started (backends, checkpointer, …)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    children.append(int(stat.parent.name))
+        return [postmaster, *children]
+
+    def freeze(self, postmaster_only: bool = False) -> None:
+        """SIGSTOP: the database hangs (every process of it, or only the postmaster, which
+        then accepts no new connection while the open ones go on working)."""
+        for pid in self.processes()[:1] if postmaster_only else self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def take_place_of(self, other: PostgresCluster) -> None:
         """From its next start, listen where `other` does (stopped by then), so that its
@@ -113,6 +146,11 @@ class PostgresCluster:
                               (row[0] if row else "0/0",)).fetchone()
         return bool(done and done[0])
 
+    def log(self) -> str:
+        """What the server has logged (refused connections among it)."""
+        path = self.dir / "log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     @property
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()
@@ -134,6 +172,9 @@ class PostgresCluster:
             db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def close(self) -> None:
+        if self.running:
+            with contextlib.suppress(OSError, ValueError):
+                self.thaw()
         with contextlib.suppress(RuntimeError):
             if self.running:
                 self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ecs_imds.config import load
+from ecs_imds.config import effective, load
 from ecs_imds.errors import ValidationError
-from ecs_imds.store.base import DEFAULT_RETENTION
+from ecs_imds.store.base import DEFAULT_RETENTION, StoreSettings
 
 PRIMARY = "postgresql://ecs@primary/imds"
 STANDBY = "postgresql://ecs@standby/imds"
@@ -36,13 +36,27 @@ def test_a_primary_a_standby_and_a_scope(tmp_path: Path) -> None:
     assert cfg.scope == frozenset({"kvm-017", "dh-bp1abc.zone-b"})
 
 
+def test_timeouts_pool_and_staleness_bound(tmp_path: Path) -> None:
+    assert load(config(tmp_path, f"store: {PRIMARY}\n")).store_settings == StoreSettings()
+    cfg = load(config(tmp_path, f"store: {{url: '{PRIMARY}', connect-timeout: 2, "
+                                "statement-timeout: 60, pool-size: 4, stale-after: 5, "
+                                "retry-max: 10}\n"))
+    assert cfg.store == PRIMARY
+    assert cfg.store_settings == StoreSettings(connect_timeout=2, statement_timeout=60,
+                                               pool_size=4, stale_after=5, retry_max=10)
+    assert effective(cfg)["store"]["pool-size"] == 4  # config check shows them
+
+
 def test_the_command_line_store_wins(tmp_path: Path) -> None:
     cfg = load(config(tmp_path, f"store: {{url: '{PRIMARY}'}}\n"), store="sqlite:///x.db")
     assert cfg.store == "sqlite:///x.db"
 
 
 @pytest.mark.parametrize(("text", "where"), [
-    ("store: {url: x, colour: blue}\n", "store"),
+    ("store: {url: x, colour: blue}\n", "store.colour"),
+    ("store: {statement-timeout: 0}\n", "store.statement-timeout"),
+    ("store: {pool-size: 1}\n", "store.pool-size"),
+    ("store: {stale-after: 1}\n", "store.stale-after"),  # under twice the heartbeat
     ("store: [a]\n", "store"),
     (f"store: {{read-url: '{STANDBY}'}}\n", "store.read-url"),  # a standby of what?
     (f"store: {{url: 'sqlite:///x.db', read-url: '{STANDBY}'}}\n", "store.read-url"),

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from ecs_imds.store.postgres import IDLE_TIMEOUT
+from ecs_imds.store.pgpool import IDLE_TIMEOUT
 from pg import PostgresCluster, wait_until
 from server import ServerProcess, free_port, get
 from test_scope import FLEET, VPC, ip

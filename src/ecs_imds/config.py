@@ -22,7 +22,7 @@ import yaml
 
 from ecs_imds.errors import ConfigError, ValidationError
 from ecs_imds.protocol.model import HOST_ID
-from ecs_imds.store.base import DEFAULT_RETENTION
+from ecs_imds.store.base import DEFAULT_RETENTION, StoreSettings
 
 DEFAULT_ENDPOINT = "http://100.100.100.200"
 DEFAULT_API_BIND = "127.0.0.1:9180"
@@ -105,6 +105,8 @@ class Config:
     # A PostgreSQL hot standby the change feed reads from (None: the store itself).
     store_read: str | None = None
     log_retention: float = DEFAULT_RETENTION
+    # Timeouts, the connection pool's size, the staleness bound, the backoff's cap.
+    store_settings: StoreSettings = field(default_factory=StoreSettings)
     # The hosts whose instances this server serves (None: the whole fleet).
     scope: frozenset[str] | None = None
     listeners: tuple[Listener, ...] = ()
@@ -222,14 +224,30 @@ def store_url(value: Any, where: str) -> str:
                                  "postgresql://USER@HOST/DB")
 
 
-def store(doc: Any, where: str) -> tuple[str | None, str | None, float]:
-    """`store: URL`, or `store: {url, read-url, change-log-retention}`: the store, the hot
-    standby the change feed reads from, how long the change log keeps its rows."""
+# What `store:` may say besides url, read-url and change-log-retention (StoreSettings).
+STORE_SETTINGS: dict[str, Parser] = {
+    "connect-timeout": number(1, 600, unit=" seconds"),
+    "statement-timeout": number(1, 86400, unit=" seconds"),
+    "pool-size": number(2, 10000, integer=True, unit=" connections"),
+    "stale-after": number(0.5, 3600, unit=" seconds"),
+    "retry-max": number(0.1, 3600, unit=" seconds"),
+}
+STORE_KEYS = ("url", "read-url", "change-log-retention", *STORE_SETTINGS)
+
+
+def store(doc: Any, where: str) -> tuple[str | None, str | None, float, StoreSettings]:
+    """`store: URL`, or `store: {url, read-url, change-log-retention, …}`: the store, the
+    hot standby the change feed reads from, how long the change log keeps its rows, and
+    how the server deals with a database that is slow, hung or full (STORE_SETTINGS)."""
     if doc is None or isinstance(doc, str):
-        return doc and store_url(doc, where), None, DEFAULT_RETENTION
-    if not isinstance(doc, dict) or set(doc) - {"url", "read-url", "change-log-retention"}:
-        raise ValidationError(where, "must be a URL, or have url, read-url and "
-                                     "change-log-retention")
+        return doc and store_url(doc, where), None, DEFAULT_RETENTION, StoreSettings()
+    if not isinstance(doc, dict):
+        raise ValidationError(where, f"must be a URL, or have {', '.join(STORE_KEYS)}")
+    unknown = sorted(set(doc) - set(STORE_KEYS), key=str)
+    if unknown:
+        raise _unknown(f"{where}.{unknown[0]}", STORE_KEYS)
+    settings = StoreSettings(**{key.replace("-", "_"): parse(doc[key], f"{where}.{key}")
+                                for key, parse in STORE_SETTINGS.items() if key in doc})
     url = store_url(doc["url"], f"{where}.url") if doc.get("url") is not None else None
     read_url = doc.get("read-url")
     if read_url is not None:
@@ -242,7 +260,7 @@ def store(doc: Any, where: str) -> tuple[str | None, str | None, float]:
                                                        "standby)")
     retention = number(0, unit=" seconds")(doc.get("change-log-retention", DEFAULT_RETENTION),
                                            f"{where}.change-log-retention")
-    return url, read_url, retention
+    return url, read_url, retention, settings
 
 
 def scope(doc: Any, where: str) -> frozenset[str] | None:
@@ -383,8 +401,9 @@ class Setting:
 SETTINGS: dict[str, Setting] = {
     "data-dir": Setting(path, "the SQLite store, generated keys, the admin token"),
     "store": Setting(store, "sqlite:///PATH or postgresql://… (default: in data-dir), or "
-                     "{url, read-url, change-log-retention}",
-                     into=("store", "store_read", "log_retention")),
+                     "{url, read-url, change-log-retention, connect-timeout, "
+                     "statement-timeout, pool-size, stale-after, retry-max}",
+                     into=("store", "store_read", "log_retention", "store_settings")),
     "scope": Setting(scope, "{hosts: [...]}: serve only the instances placed there"),
     "listeners": Setting(listeners, "the data plane's addresses, one per VPC", reload=True),
     "limits.request-line": Setting(number(64, integer=True, unit=" bytes"), "longer → 414"),
@@ -471,6 +490,11 @@ def _check(config: Config, problems: list[ValidationError]) -> None:
     if creds.issuer == "command" and not creds.command:
         problems.append(ValidationError("credentials.command",
                                         "is required for the command issuer; give the argv"))
+    heartbeat = max(1.0, config.poll_interval)  # how often the change feed reads the store
+    if config.store_settings.stale_after < 2 * heartbeat:
+        problems.append(ValidationError("store.stale-after", f"must be at least twice "
+                                        f"max(1 s, poll-interval); give {2 * heartbeat:g} "
+                                        "or more"))
     if config.workers > 1:
         for i, lst in enumerate(config.listeners):
             if lst.port == 0:
@@ -541,9 +565,12 @@ def effective(config: Config) -> dict[str, Any]:
         out[name] = getattr(owner, key.replace("-", "_"))
     url = config.store or f"sqlite://{config.store_path}"
     out["data-dir"] = str(config.data_dir)
-    out["store"] = url if (config.store_read, config.log_retention) == (
-        None, DEFAULT_RETENTION) else {"url": url, "read-url": config.store_read,
-                                       "change-log-retention": config.log_retention}
+    settings = {key: getattr(config.store_settings, key.replace("-", "_"))
+                for key in STORE_SETTINGS}
+    out["store"] = url if (config.store_read, config.log_retention, config.store_settings) == (
+        None, DEFAULT_RETENTION, StoreSettings()) else {
+        "url": url, "read-url": config.store_read,
+        "change-log-retention": config.log_retention, **settings}
     out["scope"] = {"hosts": sorted(config.scope)} if config.scope else None
     out["listeners"] = [{"bind": lst.bind, "vpc-id": lst.vpc_id,
                          **({"aliases": lst.aliases} if lst.aliases else {}),

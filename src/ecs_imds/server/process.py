@@ -86,7 +86,8 @@ class Service:
         """Open the store and everything secret; a bad setting fails here, before serving."""
         files.prepare(config)
         try:
-            store = open_store(config.store, config.data_dir, config.log_retention)
+            store = open_store(config.store, config.data_dir, config.log_retention,
+                               settings=config.store_settings)
         except (OSError, sqlite3.Error) as exc:
             raise ValidationError("store", f"cannot be opened ({exc}); check the store URL "
                                            "and that its directory is writable") from None
@@ -189,7 +190,7 @@ class Service:
         # The change feed reads from a hot standby when there is one; writes go to the store.
         reads = self.store if self.config.store_read is None else await loop.run_in_executor(
             None, partial(open_store, self.config.store_read, self.config.data_dir,
-                          replica=True))
+                          replica=True, settings=self.config.store_settings))
         builder = SnapshotBuilder(reads, before_build=self.reload_secrets,
                                   scope=self.config.scope)
         first = await loop.run_in_executor(None, builder.build)
@@ -202,7 +203,8 @@ class Service:
         def publish(snap: Snapshot) -> None:
             loop.call_soon_threadsafe(plane.install, snap)
 
-        feed = ChangeFeed(builder, first, publish, self.config.poll_interval)
+        feed = ChangeFeed(builder, first, publish, self.config.poll_interval,
+                          settings=self.config.store_settings)
         feed.start()
         await plane.start(list(zip(listeners, sockets, strict=True)))
         self.plane = plane

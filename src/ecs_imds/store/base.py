@@ -53,6 +53,18 @@ PRUNE_EVERY = 64
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """How a server deals with its store's database when it is slow, hung or full (README
+    "Settings", store.*). Seconds, but `pool_size`."""
+
+    connect_timeout: float = 3.0  # PostgreSQL: giving up on a connection attempt
+    statement_timeout: float = 30.0  # one statement (SQLite: waiting for the write lock)
+    pool_size: int = 10  # PostgreSQL connections of one store, the change feed's included
+    stale_after: float = 3.0  # without a successful exchange: the snapshot is stale
+    retry_max: float = 1.0  # the longest wait between attempts while the store fails
+
+
+@dataclass(frozen=True, slots=True)
 class StoredInstance:
     instance_id: str
     doc: dict[str, Any]
@@ -313,18 +325,19 @@ class Store(Protocol):
 
 
 def open_store(url: str | None, data_dir: Path, retention: float = DEFAULT_RETENTION,
-               replica: bool = False) -> Store:
+               replica: bool = False, settings: StoreSettings | None = None) -> Store:
     """`sqlite:///path`, `postgresql://…` (any libpq URL), or nothing (the data directory's
     `ecs-imds.db`). `retention`: seconds the change log is kept. `replica`: the store is
     only read (a PostgreSQL hot standby): no migrations, no writes."""
     from ecs_imds.store.sqlite import SQLiteStore
 
+    settings = settings or StoreSettings()
     if url is None or url == "":
-        return SQLiteStore(data_dir / "ecs-imds.db", retention)
+        return SQLiteStore(data_dir / "ecs-imds.db", retention, settings)
     if url.startswith("sqlite:///"):
-        return SQLiteStore(Path(url.removeprefix("sqlite://")), retention)
+        return SQLiteStore(Path(url.removeprefix("sqlite://")), retention, settings)
     if url.startswith(("postgresql://", "postgres://")):
         from ecs_imds.store.postgres import PostgresStore
 
-        return PostgresStore(url, retention=retention, replica=replica)
+        return PostgresStore(url, settings, retention=retention, replica=replica)
     raise ValueError(f"unsupported store URL scheme: {url.split(':', 1)[0]}")

@@ -25,14 +25,18 @@ from ecs_imds.protocol.catalogue import Pool, Rendered, render
 from ecs_imds.protocol.model import FleetDefaults, Instance, effective
 from ecs_imds.protocol.snapshot import Deferred, Index, Snapshot
 from ecs_imds.protocol.tokens import KeyRing
-from ecs_imds.store.base import Change, Changes, Scope, Store, StoredInstance, Subscription
-from ecs_imds.store.retry import DEFAULT_RETRY_MAX, Backoff
+from ecs_imds.store.base import (
+    Change,
+    Changes,
+    Scope,
+    Store,
+    StoredInstance,
+    StoreSettings,
+    Subscription,
+)
+from ecs_imds.store.retry import Backoff
 
 log = logging.getLogger("ecs_imds.feed")
-
-# Seconds without a successful exchange with the store after which the served snapshot is
-# said to be stale (store.stale-after), whatever the feed's own call is waiting for.
-DEFAULT_STALE_AFTER = 3.0
 
 # Instances read in one build beyond which rendering waits for each one's first request
 # (snapshot.Deferred): a server starting on a large fleet serves in seconds, not minutes.
@@ -154,27 +158,28 @@ class ChangeFeed:
     seconds. Only when the log no longer reaches back to the served version (retention),
     or the store's history is not the snapshot's, is the scope read again in full.
 
-    While the store fails, attempts back off (`retry.Backoff`, at most `retry_max` seconds
-    apart), so that a fleet of servers does not come back at the same instant. A watchdog
-    thread marks the snapshot stale once the feed has had no successful exchange with the
-    store for `stale_after` seconds, whatever its own call is still waiting for: a hung
-    database is said to be so within a bound, and the data plane keeps serving meanwhile.
+    While the store fails, attempts back off (`retry.Backoff`, at most `settings.retry_max`
+    seconds apart), so that a fleet of servers does not come back at the same instant. A
+    watchdog thread marks the snapshot stale once the feed has had no successful exchange
+    with the store for `settings.stale_after` seconds, whatever its own call is still
+    waiting for: a hung database is said to be so within a bound, and the data plane keeps
+    serving meanwhile.
 
     Runs in its own thread so that a slow store or a large rebuild never blocks requests.
     """
 
     def __init__(self, builder: SnapshotBuilder, current: Snapshot,
                  publish: Callable[[Snapshot], None], interval: float = 0.2,
-                 heartbeat: float = 1.0, stale_after: float = DEFAULT_STALE_AFTER,
-                 retry_max: float = DEFAULT_RETRY_MAX) -> None:
+                 heartbeat: float = 1.0, settings: StoreSettings | None = None) -> None:
+        settings = settings or StoreSettings()
         self.builder = builder
         self.current = current
         self.stamp = builder.stamp  # of the version `current` was built from
         self.publish = publish
         self.interval = interval
         self.heartbeat = max(heartbeat, interval)
-        self.stale_after = stale_after
-        self.backoff = Backoff(interval, retry_max)
+        self.stale_after = settings.stale_after
+        self.backoff = Backoff(interval, settings.retry_max)
         self.resubscribe = 5.0  # seconds between attempts to subscribe while polling
         self._polling = False
         self._verified = time.monotonic()  # the end of the last successful exchange

@@ -13,10 +13,8 @@ each one once; they are append-only. Secrets and the first token key are created
 INSERT … ON CONFLICT DO NOTHING and read back: whichever server wins, all of them get the
 winner's value.
 
-Connections are pooled per store (psycopg connections are not shared between threads),
-checked before reuse, so after the database restarts the first query does not fail on a
-connection the server already closed, and closed when idle a while: an idle server holds
-only its change feed's connection, which also does the feed's reads.
+Connections are pooled per store, with timeouts and a bound (`pgpool`). A server that
+starts while the database has no connection free waits for one.
 """
 
 from __future__ import annotations
@@ -24,16 +22,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import select
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Set
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
-from psycopg.pq import TransactionStatus
 
 from ecs_imds.errors import AddressTaken, Conflict, StoreUnavailable
 from ecs_imds.protocol.tokens import TokenKey
@@ -48,20 +42,20 @@ from ecs_imds.store.base import (
     Scope,
     StoredInstance,
     StoreDump,
+    StoreSettings,
     claims_of_batch,
     diverged,
     touched,
     within,
 )
+from ecs_imds.store.pgpool import Connection, Pool, connection_params, redact
+from ecs_imds.store.retry import Backoff
 
 log = logging.getLogger("ecs_imds.store")
 
 CHANNEL = "ecs_imds_changes"
 # pg_advisory_xact_lock key for migrations: "ecs-imds" as a number, the same on every server.
 MIGRATION_LOCK = int.from_bytes(b"ecs-imds", "big") >> 1
-
-Connection = psycopg.Connection[Any]
-
 
 def _claims_of_existing(conn: Connection) -> None:
     """Migration 2's data: the placement and the addresses of every instance stored."""
@@ -127,15 +121,12 @@ INSERT INTO commits SELECT value, (random() * 9007199254740991)::bigint
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
-# Connection settings unless the URL says otherwise: fail fast when the database is away
-# (connect_timeout), notice a dead peer over TCP (keepalives, tcp_user_timeout).
-_DEFAULTS = {"connect_timeout": "5", "application_name": "ecs-imds", "keepalives": "1",
-             "keepalives_idle": "10", "keepalives_interval": "3", "keepalives_count": "3",
-             "tcp_user_timeout": "10000"}
 # What the change feed's connection adds to its application_name.
 FEED_ROLE = "change-feed"
-# Seconds a pooled connection may stay idle before it is closed.
-IDLE_TIMEOUT = 10.0
+# SQLSTATEs that say "not now" rather than "never": no connection slot free
+# (max_connections), the database starting up or shutting down. A server starting then
+# waits for it instead of exiting.
+_NOT_NOW = ("53300", "57P03")
 
 _UPSERT = ("INSERT INTO instances (instance_id, doc, revision, host) VALUES (%s, %s, %s, %s) "
            "ON CONFLICT (instance_id) DO UPDATE "
@@ -160,127 +151,27 @@ def _dump(doc: dict[str, Any]) -> str:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    try:
-        params = conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "postgresql://…"
-    params.pop("password", None)
-    host = params.get("host", "")
-    return f"postgresql database {params.get('dbname', '?')} on {host or 'localhost'}"
-
-
-class _Pool:
-    """A few autocommit connections, each used by one thread at a time, closed after
-    `idle_timeout` seconds unused. A thread may pin a connection of its own (the change
-    feed's LISTEN connection): its queries then run there, and the pool opens none."""
-
-    def __init__(self, params: dict[str, Any], size: int = 8,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
-        self.params = params
-        self.idle_timeout = idle_timeout
-        self._idle: list[tuple[float, Connection]] = []  # (since, connection)
-        self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(size)
-        self._closed = False
-        self._pinned = threading.local()
-        self._reaper: threading.Thread | None = None
-
-    def connect(self, role: str = "") -> Connection:
-        """A new connection; `role` is added to its application_name (pg_stat_activity)."""
-        params = self.params
-        if role:
-            params = params | {"application_name": f"{params['application_name']} {role}"}
-        return psycopg.connect(**params, autocommit=True)
-
-    @staticmethod
-    def _usable(conn: Connection) -> bool:
-        """Nothing may arrive on an idle connection: if something did (the server's
-        goodbye, or EOF), it is dead."""
-        if conn.closed or conn.broken:
-            return False
-        try:
-            readable, _, _ = select.select([conn.fileno()], [], [], 0)
-        except (OSError, ValueError):
-            return False
-        return not readable
-
-    def pin(self, conn: Connection | None) -> None:
-        """Run this thread's queries on `conn` (None: on pooled connections again)."""
-        self._pinned.conn = conn
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[Connection]:
-        pinned: Connection | None = getattr(self._pinned, "conn", None)
-        if pinned is not None:
-            yield pinned
-            return
-        if not self._slots.acquire(timeout=60):
-            raise psycopg.OperationalError("no database connection free for 60 s")
-        conn: Connection | None = None
-        try:
-            with self._lock:
-                while self._idle and conn is None:
-                    _, candidate = self._idle.pop()
-                    if self._usable(candidate):
-                        conn = candidate
-                    else:
-                        candidate.close()
-            if conn is None:
-                conn = self.connect()
-            yield conn
-        finally:
-            if conn is not None:
-                self._put_back(conn)
-            self._slots.release()
-
-    def _put_back(self, conn: Connection) -> None:
-        with self._lock:
-            if (self._closed or conn.closed or conn.broken
-                    or conn.info.transaction_status != TransactionStatus.IDLE):
-                conn.close()
-                return
-            self._idle.append((time.monotonic(), conn))
-            if self._reaper is None:
-                self._reaper = threading.Thread(target=self._reap, name="pg-pool-reaper",
-                                                daemon=True)
-                self._reaper.start()
-
-    def _reap(self) -> None:
-        """Close connections idle too long; ends when none is left idle."""
-        while True:
-            time.sleep(self.idle_timeout / 2)
-            with self._lock:
-                now = time.monotonic()
-                old = [c for since, c in self._idle if now - since >= self.idle_timeout]
-                self._idle = [(s, c) for s, c in self._idle if now - s < self.idle_timeout]
-                if not self._idle:
-                    self._reaper = None
-            for conn in old:
-                conn.close()
-            if self._reaper is None:
-                return
-
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-            self._closed = True
-        for _, conn in idle:
-            conn.close()
+def _not_now(exc: psycopg.OperationalError) -> bool:
+    """Whether connecting failed for a reason that passes by itself (`_NOT_NOW`)."""
+    if exc.sqlstate in _NOT_NOW:
+        return True
+    text = str(exc)  # connection errors often come without their SQLSTATE
+    return any(words in text for words in (
+        "too many clients", "too many connections", "remaining connection slots are reserved",
+        "the database system is starting up", "the database system is shutting down"))
 
 
 class PgSubscription:
-    """One LISTENing connection of its own: notices arrive on it as they are committed. The
-    thread that subscribed runs its queries on it too (`_Pool.pin`)."""
+    """One LISTENing connection of its own (leased from the pool): notices arrive on it as
+    they are committed. The thread that subscribed runs its queries on it too (`Pool.pin`)."""
 
-    def __init__(self, pool: _Pool) -> None:
+    def __init__(self, pool: Pool) -> None:
         self._pool = pool
-        self._conn = pool.connect(FEED_ROLE)
+        self._conn = pool.lease(FEED_ROLE)
         try:
             self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
         except BaseException:
-            self._conn.close()
+            pool.give_back(self._conn)
             raise
         pool.pin(self._conn)
 
@@ -292,24 +183,40 @@ class PgSubscription:
 
     def close(self) -> None:
         self._pool.pin(None)
-        self._conn.close()
+        self._pool.give_back(self._conn)
 
 
 class PostgresStore:
-    def __init__(self, url: str, pool_size: int = 8, retention: float = DEFAULT_RETENTION,
-                 replica: bool = False) -> None:
-        params: dict[str, Any] = conninfo_to_dict(url)
-        for key, value in _DEFAULTS.items():
-            params.setdefault(key, value)
+    def __init__(self, url: str, settings: StoreSettings | None = None,
+                 retention: float = DEFAULT_RETENTION, replica: bool = False) -> None:
+        settings = settings or StoreSettings()
         self.url = url
-        self.params = params
+        self.params = connection_params(url, settings)
         self.retention = retention
         self.replica = replica
-        self._pool = _Pool(params, pool_size)
-        try:
-            self.check_schema() if replica else self.migrate()
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"{redact(url)}: {exc}".strip()) from None
+        self._pool = Pool(self.params, settings)
+        self._open(settings)
+
+    def _open(self, settings: StoreSettings) -> None:
+        """Check or migrate the schema; while the database says "not now" (no connection
+        free, starting up), wait for it, trying again with backoff, and say so once."""
+        backoff = Backoff(0.5, max(settings.retry_max, 5.0))
+        waiting = False
+        while True:
+            try:
+                self.check_schema() if self.replica else self.migrate()
+            except psycopg.OperationalError as exc:
+                reason = f"{redact(self.url)}: {exc}".strip()
+                if not _not_now(exc):
+                    raise StoreUnavailable(reason) from None
+                if not waiting:
+                    log.warning("%s; waiting for it (trying again with backoff)", reason)
+                    waiting = True
+                time.sleep(backoff.next())
+                continue
+            if waiting:
+                log.warning("%s: connected", redact(self.url))
+            return
 
     def __repr__(self) -> str:
         return f"PostgresStore({redact(self.url)})"

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import random
 
-# Seconds of the longest wait between two attempts, unless configured (store.retry-max).
-DEFAULT_RETRY_MAX = 1.0
-
 
 class Backoff:
     """The waits of one sequence of failures: `next()` after each, `reset()` on success."""
 
-    def __init__(self, first: float, cap: float = DEFAULT_RETRY_MAX) -> None:
+    def __init__(self, first: float, cap: float) -> None:
         self.first = max(first, 0.001)
         self.cap = max(cap, self.first)
         self.failures = 0

@@ -28,6 +28,7 @@ from ecs_imds.store.base import (
     Scope,
     StoredInstance,
     StoreDump,
+    StoreSettings,
     claims_of_batch,
     diverged,
     touched,
@@ -83,10 +84,12 @@ def _marks(values: Iterable[Any]) -> str:
 
 
 class SQLiteStore:
-    def __init__(self, path: Path, retention: float = DEFAULT_RETENTION) -> None:
+    def __init__(self, path: Path, retention: float = DEFAULT_RETENTION,
+                 settings: StoreSettings | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.retention = retention
+        self.busy_timeout = (settings or StoreSettings()).statement_timeout
         self._local = threading.local()
         with self._tx() as db:
             for statement in SCHEMA.split(";"):
@@ -117,7 +120,7 @@ class SQLiteStore:
         """One connection per thread: the change feed polls from its own thread."""
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             self._local.db = db
