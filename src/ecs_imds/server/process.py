@@ -80,6 +80,8 @@ class Service:
     reload: Callable[[], Config] | None = field(default=None, init=False)
     _identity: bytes = field(default=b"", init=False)
     _credential_secret: bytes = field(default=b"", init=False)
+    # The secrets' versions when last read (store.secret_versions): read again when moved.
+    _secrets: dict[str, int] = field(default_factory=dict, init=False)
 
     @classmethod
     def open(cls, config: Config) -> Service:
@@ -92,6 +94,7 @@ class Service:
             raise ValidationError("store", f"cannot be opened ({exc}); check the store URL "
                                            "and that its directory is writable") from None
         keys.ensure_token_keys(store)
+        versions = store.secret_versions()  # before the values: a change after is seen
         identity = keys.identity_blob(store)
         authority = Authority(store.secret(SECRET_NAME, new_secret))
         auth.refresh(store, authority)
@@ -99,6 +102,9 @@ class Service:
                       keys.identity_signer(store, identity), authority)
         service._identity = identity
         service._credential_secret = keys.credential_secret(store)
+        # One absent then was made since (version 0, made once): what was read is it.
+        service._secrets = dict.fromkeys((keys.IDENTITY, keys.CREDENTIALS, SECRET_NAME), 0)
+        service._secrets.update(versions)
         return service
 
     def admin_token(self) -> Path:
@@ -110,16 +116,35 @@ class Service:
             log.info("admin token for the control plane written to %s", path)
         return path
 
-    def reload_secrets(self) -> None:
+    def reload_secrets(self, everything: bool = False) -> None:
         """Before each snapshot of a change to the fleet's keys (and right after this
         server rotated one): take a rotated identity key, credential secret or API secret,
-        and revoked API tokens. Runs off the event loop."""
+        and revoked API tokens. Only the secrets whose version moved are read again, or
+        `everything` (a store whose history changed may hold other secrets at the versions
+        this server knows). Runs off the event loop."""
+        versions = self.store.secret_versions()
+        moved = {name for name, version in versions.items()
+                 if everything or self._secrets.get(name) != version}
+        moved |= set(self._secrets) - set(versions)
+        self._secrets = versions
+        if keys.IDENTITY in moved:
+            self._reload_identity()
+        if keys.CREDENTIALS in moved:
+            self._reload_credentials()
+        if (SECRET_NAME in moved or any(n.startswith(auth.RECORDS) for n in moved)) and \
+                auth.refresh(self.store, self.authority) and self.config.api.enabled:
+            log.warning("API secret rotated: every API token issued before is refused")
+            self.admin_token()
+
+    def _reload_identity(self) -> None:
         blob = keys.identity_blob(self.store)
         if blob != self._identity:
             self.signer = keys.identity_signer(self.store, blob)
             self._identity = blob
             if self.plane is not None:
                 self.plane.fulfiller.signer = self.signer
+
+    def _reload_credentials(self) -> None:
         secret = keys.credential_secret(self.store)
         if secret != self._credential_secret and self.config.credentials.issuer == "builtin":
             self.issuer = open_issuer(self.store, self.config.credentials)
@@ -128,9 +153,6 @@ class Service:
                 fulfiller = self.plane.fulfiller
                 fulfiller.loop.call_soon_threadsafe(fulfiller.use_issuer, self.issuer)
             log.warning("credential secret rotated: new RAM credentials served")
-        if auth.refresh(self.store, self.authority) and self.config.api.enabled:
-            log.warning("API secret rotated: every API token issued before is refused")
-            self.admin_token()
 
     def metrics(self) -> Metrics:
         return Metrics(lambda: self.plane.snapshot if self.plane else None,

@@ -311,6 +311,10 @@ class Store(Protocol):
     def secrets_named(self, prefix: str) -> dict[str, bytes]:
         """Every named secret whose name starts with `prefix` (e.g. the API token records)."""
 
+    def secret_versions(self) -> dict[str, int]:
+        """Every named secret's name → the version that last replaced it (0: as made): a
+        reader reads again only the secrets whose version moved."""
+
     def subscribe(self) -> Subscription | None:
         """Change notices from now on, or None when this store has none (it is polled)."""
 

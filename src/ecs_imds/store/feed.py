@@ -48,7 +48,7 @@ READ_AT_ONCE = 1000
 class SnapshotBuilder:
     """Builds the snapshot of one scope (`None`: the whole fleet) from the store."""
 
-    def __init__(self, store: Store, before_build: Callable[[], None] | None = None,
+    def __init__(self, store: Store, before_build: Callable[[bool], None] | None = None,
                  scope: Scope = None) -> None:
         self.store = store
         self.before_build = before_build
@@ -64,9 +64,10 @@ class SnapshotBuilder:
     def build(self, afresh: bool = False) -> Snapshot:
         """The scope as the store holds it now: every instance's revision is compared with
         what was rendered, and only the ones that differ are read again; `afresh`, every
-        one is (revisions name versions, and versions are only unique within one history)."""
+        one is (revisions name versions, and versions are only unique within one history).
+        `before_build(afresh)` runs first (the server's secrets)."""
         if self.before_build is not None:
-            self.before_build()
+            self.before_build(afresh)
         version, stamp = self.store.head()
         if afresh:
             self._cache.clear()
@@ -90,7 +91,7 @@ class SnapshotBuilder:
             return self.build(afresh=changes.resync)
         if changes.fleet:
             if self.before_build is not None:
-                self.before_build()
+                self.before_build(False)
             if self._read_defaults():
                 return self.build()
         ids = list(changes.ids)

@@ -118,6 +118,9 @@ CREATE TRIGGER stamp_each_version AFTER UPDATE OF value ON state FOR EACH ROW
 INSERT INTO commits SELECT value, (random() * 9007199254740991)::bigint
     FROM state WHERE key = 'version';
 """),
+    # The version that last replaced each secret (0: as made), so that servers read again
+    # only the secrets that changed.
+    (5, "ALTER TABLE secrets ADD COLUMN version bigint NOT NULL DEFAULT 0"),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -307,8 +310,8 @@ WHERE key = 'log-floor' AND (SELECT v FROM cut) IS NOT NULL""", (self.retention,
                     replace: bool = False, note: tuple[str, bytes] | None = None) -> int:
         with self._write() as (conn, version):
             if note is not None:
-                conn.execute("INSERT INTO secrets VALUES (%s, %s) ON CONFLICT (name) "
-                             "DO UPDATE SET value = EXCLUDED.value", note)
+                conn.execute("INSERT INTO secrets (name, value) VALUES (%s, %s) "
+                             "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value", note)
             self._write_fleet(conn, version, defaults, instances, replace)
             return version
 
@@ -458,8 +461,8 @@ WHERE key = 'log-floor' AND (SELECT v FROM cut) IS NOT NULL""", (self.retention,
             query = "SELECT value FROM secrets WHERE name = %s"
             row = conn.execute(query, (name,)).fetchone()
             if row is None:
-                conn.execute("INSERT INTO secrets VALUES (%s, %s) ON CONFLICT (name) "
-                             "DO NOTHING", (name, make()))
+                conn.execute("INSERT INTO secrets (name, value) VALUES (%s, %s) "
+                             "ON CONFLICT (name) DO NOTHING", (name, make()))
                 row = conn.execute(query, (name,)).fetchone()
             assert row is not None
             return bytes(row[0])
@@ -472,10 +475,15 @@ WHERE key = 'log-floor' AND (SELECT v FROM cut) IS NOT NULL""", (self.retention,
 
     def set_secret(self, name: str, value: bytes) -> int:
         with self._write() as (conn, version):
-            conn.execute("INSERT INTO secrets VALUES (%s, %s) ON CONFLICT (name) DO UPDATE "
-                         "SET value = EXCLUDED.value", (name, value))
+            conn.execute("INSERT INTO secrets VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE "
+                         "SET value = EXCLUDED.value, version = EXCLUDED.version",
+                         (name, value, version))
             self._log(conn, version)
             return version
+
+    def secret_versions(self) -> dict[str, int]:
+        with self._pool.connection() as conn:
+            return {name: int(v) for name, v in conn.execute("SELECT name, version FROM secrets")}
 
     # -- reading -------------------------------------------------------------------------
     def version(self) -> int:
@@ -569,8 +577,8 @@ WHERE key = 'log-floor' AND (SELECT v FROM cut) IS NOT NULL""", (self.retention,
         with self._write() as (conn, version):
             conn.execute("DELETE FROM secrets")
             with conn.cursor() as cur:
-                cur.executemany("INSERT INTO secrets VALUES (%s, %s)",
-                                list(dump.secrets.items()))
+                cur.executemany("INSERT INTO secrets VALUES (%s, %s, %s)",
+                                [(n, v, version) for n, v in dump.secrets.items()])
             self._replace_token_keys(conn, dump.token_keys)
             self._write_fleet(conn, version, dump.defaults, dump.instances, replace=True)
             conn.execute("DELETE FROM changes")

@@ -68,7 +68,9 @@ SCHEMA_3 = (
     "WHEN NEW.key = 'version' BEGIN INSERT INTO commits VALUES (NEW.value, random()); END",
     "INSERT INTO commits SELECT value, random() FROM state WHERE key = 'version'",
 )
-SCHEMA_VERSION = 3
+# Schema 4: the version that last replaced each secret (0: as made).
+SCHEMA_4 = "ALTER TABLE secrets ADD COLUMN version INTEGER NOT NULL DEFAULT 0"
+SCHEMA_VERSION = 4
 
 _UPSERT = ("INSERT INTO instances (instance_id, doc, revision, host) VALUES (?, ?, ?, ?) "
            "ON CONFLICT (instance_id) DO UPDATE "
@@ -101,6 +103,8 @@ class SQLiteStore:
             if current < 3:
                 for statement in SCHEMA_3:
                     db.execute(statement)
+            if current < 4:
+                db.execute(SCHEMA_4)
             if current < SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -219,7 +223,7 @@ class SQLiteStore:
                     replace: bool = False, note: tuple[str, bytes] | None = None) -> int:
         with self._tx() as db:
             if note is not None:
-                db.execute("INSERT OR REPLACE INTO secrets VALUES (?, ?)", note)
+                db.execute("INSERT OR REPLACE INTO secrets (name, value) VALUES (?, ?)", note)
             return self._write_fleet(db, defaults, instances, replace)
 
     def _write_fleet(self, db: sqlite3.Connection, defaults: dict[str, Any] | None,
@@ -332,10 +336,13 @@ class SQLiteStore:
     # -- keys and secrets ------------------------------------------------------------------
     def set_secret(self, name: str, value: bytes) -> int:
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO secrets VALUES (?, ?)", (name, value))
             version = self._bump(db)
+            db.execute("INSERT OR REPLACE INTO secrets VALUES (?, ?, ?)", (name, value, version))
             self._log(db, version)
             return version
+
+    def secret_versions(self) -> dict[str, int]:
+        return dict(self._db().execute("SELECT name, version FROM secrets"))
 
     def token_keys(self) -> list[TokenKey]:
         rows = self._db().execute("SELECT kid, secret, created_at FROM token_keys ORDER BY kid")
@@ -367,7 +374,7 @@ class SQLiteStore:
             if row:
                 return bytes(row[0])
             value = make()
-            db.execute("INSERT INTO secrets VALUES (?, ?)", (name, value))
+            db.execute("INSERT INTO secrets (name, value) VALUES (?, ?)", (name, value))
             return value
 
     def secrets_named(self, prefix: str) -> dict[str, bytes]:
@@ -391,9 +398,11 @@ class SQLiteStore:
     def restore(self, dump: StoreDump) -> int:
         with self._tx() as db:
             db.execute("DELETE FROM secrets")
-            db.executemany("INSERT INTO secrets VALUES (?, ?)", list(dump.secrets.items()))
+            db.executemany("INSERT INTO secrets (name, value) VALUES (?, ?)",
+                           list(dump.secrets.items()))
             self._replace_token_keys(db, dump.token_keys)
             version = self._write_fleet(db, dump.defaults, dump.instances, replace=True)
+            db.execute("UPDATE secrets SET version = ?", (version,))
             db.execute("DELETE FROM changes")
             db.execute("DELETE FROM commits WHERE version < ?", (version,))
             db.execute("UPDATE state SET value = ? WHERE key = 'log-floor'", (version,))
