@@ -88,6 +88,24 @@ def test_store_persists_and_serves_other_threads(tmp_path: Path) -> None:
     assert again.version() == 1 and again.load_defaults() == {"region-id": "x"}
 
 
+def test_every_connection_commits_to_disk_before_a_write_returns(tmp_path: Path) -> None:
+    """synchronous=FULL on every thread's connection: an acknowledged write survives a
+    power loss (NORMAL in WAL mode may lose the last commits)."""
+    s = SQLiteStore(tmp_path / "imds.db")
+    modes: list[tuple[str, int]] = []
+
+    def look() -> None:  # the pragmas of the store's own connection on this thread
+        modes.append((s._db().execute("PRAGMA journal_mode").fetchone()[0],
+                      s._db().execute("PRAGMA synchronous").fetchone()[0]))
+
+    look()
+    t = threading.Thread(target=look)
+    t.start()
+    t.join()
+    assert modes == [("wal", 2), ("wal", 2)]  # 2: FULL
+    s.close()
+
+
 def test_open_store(tmp_path: Path) -> None:
     default = open_store(None, tmp_path / "d")
     assert isinstance(default, SQLiteStore) and default.path == tmp_path / "d" / "ecs-imds.db"
