@@ -116,9 +116,15 @@ class PostgresCluster:
     def freeze(self, postmaster_only: bool = False) -> None:
         """SIGSTOP: the database hangs (every process of it, or only the postmaster, which
         then accepts no new connection while the open ones go on working)."""
-        for pid in self.processes()[:1] if postmaster_only else self.processes():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
+        stopped: set[int] = set()
+        while True:  # the postmaster first; then its children, until none was missed
+            pids = self.processes()[:1] if postmaster_only else self.processes()
+            if stopped.issuperset(pids):  # (one it forked while they were listed)
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            stopped.update(pids)
 
     def thaw(self) -> None:
         for pid in self.processes():

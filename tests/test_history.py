@@ -246,10 +246,14 @@ def lose_commits(servers: list[ServerProcess]) -> int:
 def follow(servers: list[ServerProcess], old: PostgresCluster, url: str,
            prepare: Callable[[], PostgresCluster]) -> None:
     """Stop `old`, `prepare` the cluster that replaces it (on a socket of its own), put it
-    in the place of `old` under the running servers: they serve its state."""
+    in the place of `old` under the running servers: they serve its state. The watcher
+    starts once every server has noticed `old` is gone: until then, ready and serving the
+    commits `old` still held was the truth."""
+    old.stop()
+    for srv in servers:
+        wait_until(lambda s=srv: not ready(s)["ready"], timeout=30)
     watcher = Watcher(servers)
     try:
-        old.stop()
         new = prepare()
         new.take_place_of(old)
         new.start()
