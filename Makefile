@@ -20,10 +20,6 @@ DEB_TOOLS := ip:iproute2 curl:curl openssl:openssl /usr/lib/postgresql/*/bin/ini
 # What `make bench` drives, the same way.
 BENCH_TOOLS := wrk:wrk nginx:nginx taskset:util-linux
 
-# The protocol core's tests alone, in seconds (markers: core, netns, postgres).
-test-core: $(STAMP)
-	$(BIN)/pytest -q -m core
-
 .PHONY: test-core serve test lint deps debs bench bench-console screenshots clean golden
 
 $(SERVE_STAMP): pyproject.toml
@@ -55,6 +51,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy --strict src
 	$(BIN)/lint-imports
+
+# The protocol core's tests alone, in seconds (markers: core, netns, postgres).
+test-core: $(STAMP)
+	$(BIN)/pytest -q -m core
 
 test: $(STAMP) debs lint
 	$(BIN)/pytest
