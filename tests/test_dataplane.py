@@ -148,15 +148,64 @@ def test_token_over_the_wire_and_header_case(port: int) -> None:
     assert resp[0] == 401 and token not in resp[2]
 
 
+def _closed_by_server(s: socket.socket) -> bool:
+    """Whether the server closed `s` (end of stream or reset) before the socket's timeout."""
+    try:
+        while s.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
 def test_idle_connection_is_closed(port: int) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        assert read_all(s) == b""  # the server closed it: recv returned EOF, not a timeout
+        assert _closed_by_server(s)
 
 
 def test_slow_request_is_closed(port: int) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n")
-        assert read_all(s) == b""
+        assert _closed_by_server(s)
+
+
+def test_idle_timeout_alone_closes_a_silent_connection(tmp_path: Path) -> None:
+    """idle-timeout 1 s, request-timeout 60 s: the silent connection goes after the first."""
+    srv = _server(tmp_path, limits={"idle-timeout": 1, "request-timeout": 60, "rate": 0})
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:  # type: ignore[attr-defined]
+            assert _closed_by_server(s)
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:  # type: ignore[attr-defined]
+            s.sendall(b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            assert _closed_by_server(s)  # kept alive, then idle
+    finally:
+        srv.cleanup()
+
+
+def test_request_timeout_alone_cuts_off_a_trickle(tmp_path: Path) -> None:
+    """idle-timeout 60 s, request-timeout 1 s: a request trickled a byte at a time (each
+    byte well within the idle timeout) is cut off once it has taken a second."""
+    srv = _server(tmp_path, limits={"idle-timeout": 60, "request-timeout": 1, "rate": 0})
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=0.25) as s:  # type: ignore[attr-defined]
+            s.sendall(b"GET /latest/meta-data/ HTTP/1.1\r\n")
+            closed = False
+            for _ in range(40):  # ten seconds of one byte every quarter second
+                try:
+                    s.sendall(b"X")
+                    closed = s.recv(65536) == b""
+                except TimeoutError:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+                if closed:
+                    break
+            assert closed, "a trickled request outlived request-timeout"
+    finally:
+        srv.cleanup()
 
 
 def test_change_in_store_is_served_without_restart(server: ServerProcess, port: int) -> None:
