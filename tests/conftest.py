@@ -12,14 +12,14 @@ from __future__ import annotations
 import pytest
 from hypothesis import settings
 
+from e2e import server, topo
+from installed import installed
+from pg import pg_url, postgres
+
 # Tests never assert on wall-clock time: no per-example deadline (the default of 200 ms
 # fails property tests on a busy machine, not because anything is wrong).
 settings.register_profile("ecs-imds", deadline=None)
 settings.load_profile("ecs-imds")
-
-from e2e import server, topo
-from installed import installed
-from pg import pg_url, postgres
 
 pytest_plugins = ["pytester"]  # tests of the ecs_imds.testing plugin run pytest in pytest
 
