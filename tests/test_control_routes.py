@@ -99,3 +99,35 @@ def test_store_calls_run_on_the_control_planes_own_threads(ctx: ControlContext) 
     ctx.store.load_instances = watched  # type: ignore[method-assign]
     assert call(ctx, instances.router, "GET", f"/v1/instances/{WEB}").status_code == 200
     assert seen and all(name.startswith("control-store") for name in seen)
+
+
+def test_a_filtered_page_examines_a_bounded_number_of_instances(tmp_path: Path) -> None:
+    """A filter that matches few gives short (even empty) pages with a token, never a scan of
+    the fleet; following the tokens finds every match, in order, and ends with null."""
+    store = SQLiteStore(tmp_path / "paged.db")
+    doc = {"defaults": demo_fleet()["defaults"], "instances": [{
+        "instance-id": f"i-paged{n:04d}", "tags": {"pick": "yes"} if n % 9 == 0 else {},
+        "network-interfaces": [{
+            "mac": f"00:16:3e:00:01:{n:02x}", "network-interface-id": f"eni-paged{n:04d}",
+            "vpc-id": "vpc-paged", "vswitch-id": "vsw-paged",
+            "private-ipv4s": [f"172.16.9.{n + 10}"], "vswitch-cidr-block": "172.16.9.0/24",
+            "vpc-cidr-block": "172.16.0.0/12"}]} for n in range(40)]}
+    import_fleet(store, doc)
+    found, sizes, token = [], [], None
+    while True:
+        page = instances.page_of(store, instances.Filters(None, None, "pick=yes", 2, token),
+                                 scan_limit=7)
+        found += [d["instance-id"] for d in page["instances"]]
+        sizes.append(len(page["instances"]))
+        token = page["next-page-token"]
+        if token is None:
+            break
+    assert found == [f"i-paged{n:04d}" for n in range(0, 40, 9)]
+    assert 0 in sizes and max(sizes) <= 2 and len(sizes) >= 40 // 7
+    whole = instances.page_of(store, instances.Filters(None, None, None, 40, None))
+    assert [d["instance-id"] for d in whole["instances"]] == [f"i-paged{n:04d}"
+                                                               for n in range(40)]
+    assert whole["next-page-token"] is None
+    full = instances.page_of(store, instances.Filters(None, None, None, 39, None))
+    assert full["next-page-token"] == "i-paged0038"
+    store.close()

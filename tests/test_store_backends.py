@@ -111,6 +111,17 @@ def test_open_store_picks_the_backend(backend: Backend, store: Store) -> None:
     assert isinstance(store, SQLiteStore if backend.kind == "sqlite" else PostgresStore)
 
 
+def test_instances_after_pages_through_the_primary_key(store: Store) -> None:
+    import_fleet(store, fleet(7, 3, 12, 1, 9))
+    ids = ["i-store00001", "i-store00003", "i-store00007", "i-store00009", "i-store00012"]
+    assert [s.instance_id for s in store.instances_after(None, 100)] == ids
+    first = store.instances_after(None, 2)
+    assert [s.instance_id for s in first] == ids[:2] and first[0].doc == instance(1)
+    assert [s.instance_id for s in store.instances_after(ids[1], 2)] == ids[2:4]
+    assert [s.instance_id for s in store.instances_after("i-store00010", 9)] == ids[4:]
+    assert store.instances_after(ids[-1], 9) == []
+
+
 def test_fresh_store_is_empty(store: Store) -> None:
     assert store.version() == 0
     assert store.load_defaults() == {}

@@ -92,7 +92,11 @@ DEFAULTS: dict[str, Any] = {
 INSTANCE_LIST: dict[str, Any] = {
     "type": "object", "required": ["instances", "next-page-token"],
     "properties": {"instances": {"type": "array", "items": INSTANCE},
-                   "next-page-token": {"type": ["string", "null"]}},
+                   "next-page-token": {
+                       "type": ["string", "null"],
+                       "description": "where the next page starts; null at the end of the "
+                                      "fleet. A page examines at most 1,000 instances, so a "
+                                      "filtered page may be short or empty before the end."}},
 }
 
 FLEET: dict[str, Any] = {

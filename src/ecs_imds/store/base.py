@@ -267,6 +267,10 @@ class Store(Protocol):
                        ) -> list[StoredInstance]:
         """The instances `ids` (all when None) placed within `scope`, in insertion order."""
 
+    def instances_after(self, after: str | None, limit: int) -> list[StoredInstance]:
+        """At most `limit` instances in the order of their ids (the store's collation),
+        those after `after`: one read through the primary key, however large the fleet."""
+
     def changes(self, since: int, scope: Scope = None, stamp: int | None = None) -> Changes:
         """What changed in `scope` after version `since`, read from the change log at one
         point in time, with the stamp of the version it reaches; `resync` when the log no

@@ -547,6 +547,13 @@ WHERE key = 'log-floor' AND (SELECT v FROM cut) IS NOT NULL""", (self.retention,
                             args).fetchall()
         return [StoredInstance(i, json.loads(d), int(r)) for i, d, r in rows]
 
+    def instances_after(self, after: str | None, limit: int) -> list[StoredInstance]:
+        with self._pool.connection() as conn:  # the primary key's order: its index serves it
+            rows = conn.execute("SELECT instance_id, doc, revision FROM instances "
+                                "WHERE instance_id > %s ORDER BY instance_id LIMIT %s",
+                                (after or "", limit)).fetchall()
+        return [StoredInstance(i, json.loads(d), int(r)) for i, d, r in rows]
+
     def token_keys(self) -> list[TokenKey]:
         with self._pool.connection() as conn:
             return self._token_keys(conn)

@@ -226,6 +226,12 @@ class SQLiteStore:
                                    "ORDER BY rowid", [*chunk, *args]).fetchall()
         return [StoredInstance(i, json.loads(d), r) for i, d, r in rows]
 
+    def instances_after(self, after: str | None, limit: int) -> list[StoredInstance]:
+        rows = self._db().execute("SELECT instance_id, doc, revision FROM instances "
+                                  "WHERE instance_id > ? ORDER BY instance_id LIMIT ?",
+                                  (after or "", limit)).fetchall()
+        return [StoredInstance(i, json.loads(d), r) for i, d, r in rows]
+
     # -- writing instances -----------------------------------------------------------------
     def write_fleet(self, defaults: dict[str, Any] | None, instances: list[dict[str, Any]],
                     replace: bool = False, note: tuple[str, bytes] | None = None) -> int:

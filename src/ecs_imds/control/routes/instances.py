@@ -32,28 +32,38 @@ class Filters:
     page_token: str | None
 
 
-def page_of(store: Store, f: Filters) -> dict[str, Any]:
-    """One page of instances in id order, after `page_token`, matching every filter."""
-    defaults = FleetDefaults.from_doc(store.load_defaults())
+SCAN_LIMIT = 1000  # instances examined for one page: a page costs the same at any fleet size
+
+
+def page_of(store: Store, f: Filters, scan_limit: int = SCAN_LIMIT) -> dict[str, Any]:
+    """One page of instances in id order, after `page_token`, matching every filter. Where
+    filters match few, a page holds fewer than `page_size` (at worst none) once `scan_limit`
+    instances were examined; `next-page-token` is null only at the end of the fleet."""
+    defaults = FleetDefaults.from_doc(store.load_defaults()) if f.region_id else None
     key, has_value, value = (f.tag or "").partition("=")
+
+    def matches(doc: dict[str, Any]) -> bool:
+        inst = Instance.from_doc(doc)
+        return ((f.vpc_id is None or inst.vpc_id == f.vpc_id)
+                and (defaults is None
+                     or effective(inst, defaults).values.region_id == f.region_id)
+                and (f.tag is None or (key in inst.tags
+                                       and (not has_value or inst.tags[key] == value))))
+
+    filtered = f.vpc_id is not None or defaults is not None or f.tag is not None
     page: list[dict[str, Any]] = []
-    more = None
-    for stored in sorted(store.load_instances(), key=lambda x: x.instance_id):
-        if f.page_token is not None and stored.instance_id <= f.page_token:
-            continue
-        inst = Instance.from_doc(stored.doc)
-        if f.vpc_id is not None and inst.vpc_id != f.vpc_id:
-            continue
-        if f.region_id is not None and effective(inst, defaults).values.region_id != f.region_id:
-            continue
-        if f.tag is not None and (key not in inst.tags or
-                                  (has_value and inst.tags[key] != value)):
-            continue
-        if len(page) == f.page_size:
-            more = page[-1]["instance-id"]
-            break
-        page.append(stored.doc)
-    return {"instances": page, "next-page-token": more}
+    after, scanned = f.page_token, 0
+    while scanned < scan_limit:
+        batch = store.instances_after(after, min(scan_limit - scanned, f.page_size + 1))
+        for stored in batch:
+            if not filtered or matches(stored.doc):
+                if len(page) == f.page_size:  # one more exists: the page ends before it
+                    return {"instances": page, "next-page-token": after}
+                page.append(stored.doc)
+            after, scanned = stored.instance_id, scanned + 1
+        if len(batch) < f.page_size + 1 and scanned < scan_limit:
+            return {"instances": page, "next-page-token": None}
+    return {"instances": page, "next-page-token": after}
 
 
 @router.get("/v1/instances", operation_id="DescribeInstances", responses={
