@@ -81,7 +81,7 @@ def curl(topo: Topology, who: str, path: str, *args: str, endpoint: str = ENDPOI
     result = subprocess.run(
         ["ip", "netns", "exec", topo[who].ns, "curl", "-s", "--noproxy", "*", "-m", "3",
          "-o", "-", "-w", "\n%{http_code}", *args, f"{endpoint}{path}"],
-        capture_output=True, timeout=20)
+        capture_output=True, timeout=60)
     body, _, code = result.stdout.rpartition(b"\n")
     return int(code or 0), body
 

@@ -99,7 +99,7 @@ class Namespace:
         self,
         cmd: Sequence[str],
         env: Mapping[str, str] | None = None,
-        timeout: float = 20.0,
+        timeout: float = 60.0,
         *,
         check: bool = False,
         input: str | None = None,

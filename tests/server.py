@@ -90,7 +90,7 @@ class ServerProcess:
     def api(self) -> AdminClient:
         return AdminClient(self.api_url, self.token())
 
-    def wait_version(self, version: int, timeout: float = 20.0) -> None:
+    def wait_version(self, version: int, timeout: float = 60.0) -> None:
         """Until the served snapshot is built from store version `version` or later."""
         deadline = time.monotonic() + timeout
         client = self.api()
@@ -108,7 +108,7 @@ class ServerProcess:
             self.proc = launcher(self.command(), log)
         self.wait_api()
 
-    def wait_api(self, timeout: float = 20.0) -> None:
+    def wait_api(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc is not None and self.proc.poll() is not None:
@@ -125,7 +125,7 @@ class ServerProcess:
         """The admin token the server wrote on its first start."""
         return (self.workdir / "data" / "admin.token").read_text().strip()
 
-    def wait_ready(self, host: str, port: int, timeout: float = 20.0) -> None:
+    def wait_ready(self, host: str, port: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc is not None and self.proc.poll() is not None:
