@@ -29,6 +29,7 @@ from ecs_imds.dataplane.accept import accept_ready
 from ecs_imds.dataplane.connection import HttpConnection
 from ecs_imds.dataplane.fastpath import SimpleRequests
 from ecs_imds.dataplane.fulfil import Fulfiller
+from ecs_imds.dataplane.memory import Trimmer
 from ecs_imds.dataplane.proxy import ProxyFront
 from ecs_imds.dataplane.stats import Stats
 from ecs_imds.dataplane.warnings import Warnings
@@ -133,6 +134,7 @@ class DataPlane:
                         self.source_cap, self.max_connections, RESERVED_DESCRIPTORS)
         self.stats = Stats()
         self.warnings = Warnings(log)
+        self.trimmer = Trimmer(tail=max(limits.idle_timeout, limits.request_timeout) + 2)
         self._strangers: set[tuple[str, str]] = set()  # (VPC, source) said to be no instance
         self.listening: list[socket.socket] = []  # the sockets accept_ready reads
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -177,6 +179,7 @@ class DataPlane:
 
     def release(self, source: str) -> None:
         self.open -= 1
+        self.trimmer.ended += 1
         left = self.per_source.pop(source, 1) - 1
         if left > 0:
             self.per_source[source] = left
@@ -238,12 +241,13 @@ class DataPlane:
 
     async def _sweep(self) -> None:
         """Close connections that idle too long, send a request too slowly, or do not read
-        their answers."""
+        their answers; give memory back after a burst of them."""
         while True:
             await asyncio.sleep(0.5)
             now = time.monotonic()
             for conn in [c for c in self.connections if c.deadline < now]:
                 conn.expire()
+            self.trimmer.tick()
 
     async def stop(self) -> None:
         if self._sweeper is not None:
