@@ -328,9 +328,10 @@ def _flatten(pool: Pool, node: dict[str, Node], path: str, out: dict[str, Entry]
 _PLACEHOLDER = Leaf(b"", TEXT)
 
 
-def render(e: Effective, pool: Pool | None = None) -> Rendered:
-    """Render every path an instance can ask for. Raises ValidationError naming the field."""
-    pool = pool or Pool()
+def _tree(pool: Pool, e: Effective) -> tuple[dict[str, Node], bytes]:
+    """The instance's tree of items, and its identity document: everything rendering can
+    refuse (a required value missing, an extra item in the way of another) is found here;
+    flattening the tree into paths cannot fail."""
     inst = e.instance
     meta = _meta_data(pool, e)
     for path in sorted(e.extra):
@@ -350,6 +351,14 @@ def render(e: Effective, pool: Pool | None = None) -> Rendered:
         tree["user-data"] = pool.leaf(inst.user_data, OCTET)
     if inst.vendor_data is not None:
         tree["vendor-data"] = pool.leaf(inst.vendor_data, OCTET)
+    return tree, doc
+
+
+def render(e: Effective, pool: Pool | None = None) -> Rendered:
+    """Render every path an instance can ask for. Raises ValidationError naming the field."""
+    pool = pool or Pool()
+    inst = e.instance
+    tree, doc = _tree(pool, e)
     entries: dict[str, Entry] = {"": _PLACEHOLDER}
     names = []
     meta_view: dict[str, Any] = {}
@@ -369,10 +378,12 @@ def render(e: Effective, pool: Pool | None = None) -> Rendered:
                     entries=entries, document=doc, role=e.values.ram_role)
 
 
-def check_renders(instance: Instance, e: Effective) -> None:
-    """Validate what only rendering can tell (required inherited values, extra paths)."""
+def check_renders(instance: Instance, e: Effective, pool: Pool | None = None) -> None:
+    """Validate what only rendering can tell (required inherited values, extra paths), at
+    half the cost of rendering: the tree is built, not flattened. Checking many instances,
+    give them one `pool`: what they share is then worked out once."""
     try:
-        render(e)
+        _tree(pool or Pool(), e)
     except ValidationError as exc:
         raise exc.within(f"instance {instance.instance_id}") from None
 
