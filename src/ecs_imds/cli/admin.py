@@ -12,17 +12,20 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.table import Table
 
 from ecs_imds.cli.fleetfile import describe_plan, progress_bar, read_fleet_file
 from ecs_imds.cli.settings import config_of
 from ecs_imds.cli.tables import pairs, printable, show, table
-from ecs_imds.clients.control import AdminClient
 from ecs_imds.control import fleet
 from ecs_imds.errors import ControlPlaneError, OutcomeUnknown
+
+if TYPE_CHECKING:  # imported where used: `ecs-imds serve` loads no HTTP client nor rich
+    from rich.table import Table
+
+    from ecs_imds.clients.control import AdminClient
 
 T = TypeVar("T")
 
@@ -55,6 +58,8 @@ class Admin:
                     raise click.ClickException(
                         f"no API token: give --api-token or ECS_IMDS_API_TOKEN, or run where "
                         f"{cfg.admin_token_path} is readable") from None
+            from ecs_imds.clients.control import AdminClient
+
             self._client = AdminClient(url, token)
         return self._client
 

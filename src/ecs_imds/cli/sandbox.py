@@ -5,12 +5,15 @@ from __future__ import annotations
 import signal
 import sys
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from ecs_imds.cli.settings import Problems
 from ecs_imds.errors import ValidationError
-from ecs_imds.testing.sandbox import MODES, Sandbox, SandboxUnavailable, die_with_parent
+
+if TYPE_CHECKING:  # imported when run: every other command loads no test harness nor httpx
+    from ecs_imds.testing.sandbox import Sandbox
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -18,7 +21,7 @@ from ecs_imds.testing.sandbox import MODES, Sandbox, SandboxUnavailable, die_wit
               help="The fleet (YAML or JSON); default the demo fleet.")
 @click.option("--instance", "instance_id", metavar="ID",
               help="Who CMD is: an instance of the fleet (default its first).")
-@click.option("--mode", type=click.Choice(MODES),
+@click.option("--mode", metavar="normal|hardened",
               help="hardened: tokens required; normal: optional (default: as in the fleet).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def sandbox(fleet_file: str | None, instance_id: str | None, mode: str | None,
@@ -29,6 +32,8 @@ def sandbox(fleet_file: str | None, instance_id: str | None, mode: str | None,
 
     As root it uses `ip netns` and a veth pair; as another user an unprivileged user +
     network namespace, where the kernel allows one."""
+    from ecs_imds.testing.sandbox import Sandbox, SandboxUnavailable
+
     try:
         box = Sandbox(fleet_file, instance_id, mode)
     except ValidationError as exc:
@@ -50,6 +55,8 @@ def sandbox(fleet_file: str | None, instance_id: str | None, mode: str | None,
 
 def _run(box: Sandbox, command: tuple[str, ...]) -> int:
     """Run CMD, passing on the signals that would stop us; its exit status, shell style."""
+    from ecs_imds.testing.sandbox import die_with_parent
+
     try:
         proc = box.popen(command, preexec_fn=die_with_parent)
     except OSError as exc:

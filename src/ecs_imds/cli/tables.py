@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:  # imported where used: `ecs-imds serve` loads no rich
+    from rich.table import Table
 
 # C0, DEL and C1 controls, the line and paragraph separators, and the bidirectional
 # overrides and isolates that reorder what a terminal shows.
@@ -37,6 +36,9 @@ def _escape(match: re.Match[str]) -> str:
 def table(columns: Iterable[str], rows: Iterable[Iterable[Any]], ids: Iterable[str] = (),
           title: str | None = None) -> Table:
     """A table whose `ids` columns are never wrapped nor cut."""
+    from rich.table import Table
+    from rich.text import Text
+
     cells = [[printable(cell) for cell in row] for row in rows]
     columns = list(columns)
     keep = set(ids)
@@ -61,6 +63,8 @@ def pairs(title: str, data: Mapping[str, Any]) -> Table:
 
 def show(shown: Table, wide: bool = False) -> None:
     """Print a table no narrower than its ids need (or, `wide`, than every cell needs)."""
+    from rich.console import Console
+
     console = Console()
     needs = Console(width=100_000).measure(shown)
     width = needs.maximum if wide else max(console.width, needs.minimum)

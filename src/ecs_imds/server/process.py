@@ -15,26 +15,20 @@ import logging
 import os
 import signal
 import socket
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import uvicorn
 import uvloop
-from fastapi import FastAPI
 
 from ecs_imds import logs
 from ecs_imds.config import ApiSettings, Config, Listener, differences, join_bind, parse_bind
-from ecs_imds.control import auth, console
-from ecs_imds.control.app import create_app
+from ecs_imds.control import auth
 from ecs_imds.control.audit import Audit, json_logger
 from ecs_imds.control.auth import SECRET_NAME, Authority, new_secret
-from ecs_imds.control.context import ControlContext
-from ecs_imds.control.routes import ROUTERS
 from ecs_imds.dataplane.fulfil import Fulfiller
 from ecs_imds.dataplane.plane import DataPlane, bind_socket
 from ecs_imds.errors import ValidationError
@@ -47,6 +41,10 @@ from ecs_imds.server import files
 from ecs_imds.server.workers import run_workers
 from ecs_imds.store import Store, keys, open_store
 from ecs_imds.store.feed import ChangeFeed, SnapshotBuilder
+
+if TYPE_CHECKING:  # the control plane is imported only by a server that runs it
+    import uvicorn
+    from fastapi import FastAPI
 
 log = logging.getLogger("ecs_imds")
 T = TypeVar("T")
@@ -90,7 +88,7 @@ class Service:
         try:
             store = open_store(config.store, config.data_dir, config.log_retention,
                                settings=config.store_settings)
-        except (OSError, sqlite3.Error) as exc:
+        except OSError as exc:  # StoreUnavailable included: the store names what failed
             raise ValidationError("store", f"cannot be opened ({exc}); check the store URL "
                                            "and that its directory is writable") from None
         keys.ensure_token_keys(store)
@@ -160,6 +158,13 @@ class Service:
                        self.board, self.worker)
 
     def control_app(self, metrics: Metrics) -> FastAPI:
+        # Imported here: a server without a control plane (api: false, as on a host that
+        # only serves its instances) loads neither FastAPI nor the console (~20 MB, ~1 s).
+        from ecs_imds.control import console
+        from ecs_imds.control.app import create_app
+        from ecs_imds.control.context import ControlContext
+        from ecs_imds.control.routes import ROUTERS
+
         ctx = ControlContext(
             store=self.store, authority=self.authority,
             snapshot=lambda: self.plane.snapshot if self.plane else None,
@@ -189,6 +194,8 @@ class Service:
             _bind(lambda: sock.bind((host, port)), "api.bind", api.bind)
         sock.listen(128)
         sock.setblocking(False)
+        import uvicorn
+
         server = uvicorn.Server(uvicorn.Config(self.control_app(metrics), log_config=None,
                                                access_log=False, lifespan="off"))
         server.config.load()

@@ -337,13 +337,12 @@ def open_store(url: str | None, data_dir: Path, retention: float = DEFAULT_RETEN
     """`sqlite:///path`, `postgresql://…` (any libpq URL), or nothing (the data directory's
     `ecs-imds.db`). `retention`: seconds the change log is kept. `replica`: the store is
     only read (a PostgreSQL hot standby): no migrations, no writes."""
-    from ecs_imds.store.sqlite import SQLiteStore
-
     settings = settings or StoreSettings()
-    if url is None or url == "":
-        return SQLiteStore(data_dir / "ecs-imds.db", retention, settings)
-    if url.startswith("sqlite:///"):
-        return SQLiteStore(Path(url.removeprefix("sqlite://")), retention, settings)
+    if url is None or url == "" or url.startswith("sqlite:///"):
+        from ecs_imds.store.sqlite import SQLiteStore
+
+        path = Path(url.removeprefix("sqlite://")) if url else data_dir / "ecs-imds.db"
+        return SQLiteStore(path, retention, settings)
     if url.startswith(("postgresql://", "postgres://")):
         from ecs_imds.store.postgres import PostgresStore
 

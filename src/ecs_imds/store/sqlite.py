@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ecs_imds.errors import AddressTaken, Conflict
+from ecs_imds.errors import AddressTaken, Conflict, StoreUnavailable
 from ecs_imds.protocol.tokens import TokenKey
 from ecs_imds.store.base import (
     DEFAULT_RETENTION,
@@ -101,20 +101,23 @@ class SQLiteStore:
         self.retention = retention
         self.busy_timeout = (settings or StoreSettings()).statement_timeout
         self._local = threading.local()
-        with self._tx() as db:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            current = db.execute("PRAGMA user_version").fetchone()[0]
-            if current < 2:
-                self._schema_2(db)
-            if current < 3:
-                for statement in SCHEMA_3:
-                    db.execute(statement)
-            if current < 4:
-                db.execute(SCHEMA_4)
-            if current < SCHEMA_VERSION:
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        try:
+            with self._tx() as db:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                current = db.execute("PRAGMA user_version").fetchone()[0]
+                if current < 2:
+                    self._schema_2(db)
+                if current < 3:
+                    for statement in SCHEMA_3:
+                        db.execute(statement)
+                if current < 4:
+                    db.execute(SCHEMA_4)
+                if current < SCHEMA_VERSION:
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.Error as exc:  # an OSError to its caller, who need not import sqlite3
+            raise StoreUnavailable(str(exc)) from exc
 
     def _schema_2(self, db: sqlite3.Connection) -> None:
         for statement in SCHEMA_2.split(";"):
