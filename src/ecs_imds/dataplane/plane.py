@@ -55,12 +55,23 @@ MAX_STRANGERS = 4096
 SEND_BUFFER = 64 * 1024
 
 
-def _settle() -> None:
+# Long-lived objects the collector still watches beyond which they are frozen (see _settle):
+# a full collection of this many is a pause of a few milliseconds.
+SETTLE_ABOVE = 100_000
+
+
+def _settle(always: bool = False) -> None:
     """Move everything alive now (the snapshot above all: millions of objects on a large
     fleet) out of the cyclic garbage collector's sight. Its full collections would otherwise
     walk the whole snapshot again and again, each one a pause of the event loop; snapshots
-    hold no reference cycles, so they are freed by reference counting all the same."""
-    gc.freeze()
+    hold no reference cycles, so they are freed by reference counting all the same.
+
+    Only when many long-lived objects came since (a large build, instances rendered on
+    their first request), or `always`: freezing also makes permanent whatever reference
+    cycles are alive at that moment (a control-plane request in flight), which would
+    otherwise leak a little at every small change of the fleet."""
+    if always or len(gc.get_objects(generation=2)) > SETTLE_ABOVE:
+        gc.freeze()
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +235,7 @@ class DataPlane:
             self.listening.append(sock)
             log.info("data plane listening on %s for %s", listener.bind, listener.vpc_id)
         self._sweeper = asyncio.create_task(self._sweep())
-        _settle()
+        _settle(always=True)
 
     def pause_accepting(self, sock: socket.socket, state: ListenerState, seconds: float
                         ) -> None:

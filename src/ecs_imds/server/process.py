@@ -222,17 +222,18 @@ class Service:
                           replica=True, settings=self.config.store_settings))
         builder = SnapshotBuilder(reads, before_build=self.reload_secrets,
                                   scope=self.config.scope)
-        first = await loop.run_in_executor(None, builder.build)
         fulfiller = Fulfiller(self.issuer, self.signer, loop)
-        plane = DataPlane(first, self.config.limits, fulfiller,
-                          access_log=self.config.access_log is not None)
+        # The first snapshot is not given a name here: one kept by this coroutine would hold
+        # every instance as first rendered for as long as the server runs.
+        plane = DataPlane(await loop.run_in_executor(None, builder.build), self.config.limits,
+                          fulfiller, access_log=self.config.access_log is not None)
         if self.config.access_log is not None:
             json_logger("ecs_imds.access", self.config.access_log)
 
         def publish(snap: Snapshot) -> None:
             loop.call_soon_threadsafe(plane.install, snap)
 
-        feed = ChangeFeed(builder, first, publish, self.config.poll_interval,
+        feed = ChangeFeed(builder, plane.snapshot, publish, self.config.poll_interval,
                           settings=self.config.store_settings)
         feed.start()
         await plane.start(list(zip(listeners, sockets, strict=True)))

@@ -43,6 +43,9 @@ log = logging.getLogger("ecs_imds.feed")
 RENDER_AT_ONCE = 2000
 # Documents read from the store at a time (a parsed document takes a few KB).
 READ_AT_ONCE = 1000
+# Leaves the pool may gain beyond twice what a full build left in it before it starts over:
+# a value that changed (user data, a tag) stays in the pool after no instance has it.
+POOL_SLACK = 10_000
 
 
 class SnapshotBuilder:
@@ -57,6 +60,7 @@ class SnapshotBuilder:
         self._defaults = FleetDefaults()
         self._cache: dict[str, tuple[int, Rendered | Deferred, tuple[str, ...]]] = {}
         self._pool = Pool()
+        self._pool_built = 0  # leaves in the pool after the last full build
         self._key_ring: KeyRing | None = None
         self._index = Index()
         self.stamp: int | None = None  # the stamp of the version last built
@@ -81,6 +85,7 @@ class SnapshotBuilder:
         for start in range(0, len(stale), READ_AT_ONCE):
             self._render(self.store.load_instances(stale[start:start + READ_AT_ONCE],
                                                    self.scope), later)
+        self._pool_built = len(self._pool.leaves)
         return self._snapshot(version, stamp)
 
     def update(self, changes: Changes) -> Snapshot:
@@ -94,6 +99,8 @@ class SnapshotBuilder:
                 self.before_build(False)
             if self._read_defaults():
                 return self.build()
+        if len(self._pool.leaves) > 2 * self._pool_built + POOL_SLACK:
+            self._pool = Pool()  # the instances rendered with the old one keep its leaves
         ids = list(changes.ids)
         found = self.store.load_instances(ids, self.scope) if ids else []
         for gone in set(ids) - {s.instance_id for s in found}:  # deleted, or moved away
