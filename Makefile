@@ -20,7 +20,8 @@ DEB_TOOLS := ip:iproute2 curl:curl openssl:openssl /usr/lib/postgresql/*/bin/ini
 # What `make bench` drives, the same way.
 BENCH_TOOLS := wrk:wrk nginx:nginx taskset:util-linux
 
-.PHONY: test-core serve test lint deps debs bench bench-console screenshots clean golden
+.PHONY: test-core serve test lint deps debs bench bench-console bench-fleet soak screenshots clean \
+        golden
 
 $(SERVE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,11 +68,25 @@ bench: $(STAMP)
 	@$(MAKE) --no-print-directory debs DEB_TOOLS="$(BENCH_TOOLS)"
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/isolation.py
+	@$(MAKE) --no-print-directory bench-fleet soak SOAK_MINUTES=10
 
 # The data plane fuzzed for a million requests (tests/fuzzer.py; briefly in `make test`).
 .PHONY: fuzz
 fuzz: $(STAMP)
 	$(BIN)/python bench/fuzz.py
+
+# The fleet at scale (issue 11): API writes, imports and scoped servers on SQLite and
+# PostgreSQL; 1,000 scoped change feeds on a hot standby; memory under change for
+# SOAK_MINUTES (`make soak`: the long form, 30). Each rewrites its part of BENCHMARKS.md.
+SOAK_MINUTES ?= 30
+bench-fleet: $(STAMP)
+	@$(MAKE) --no-print-directory debs DEB_TOOLS="/usr/lib/postgresql/*/bin/initdb:postgresql"
+	$(BIN)/python bench/fleet.py
+	$(BIN)/python bench/subscribers.py
+
+soak: $(STAMP)
+	@$(MAKE) --no-print-directory debs DEB_TOOLS="$(BENCH_TOOLS)"
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES)
 
 # The console's pictures in the README (docs/console-*.png), taken in headless Chromium.
 screenshots: $(STAMP) debs

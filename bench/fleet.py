@@ -194,8 +194,6 @@ def writes(work: Path, store_kind: str, url: str | None, size: int, patches: int
                   f"{result.pct(0.5):.2f} ms p99 {result.pct(0.99):.2f} ms", flush=True)
         finally:
             api.close()
-    if store_kind == "sqlite":
-        shutil.rmtree(workdir, ignore_errors=True)
     return result
 
 
@@ -315,6 +313,8 @@ def main() -> None:
                     if size == max(sizes) and opts.scoped:
                         scopes.append(scoped(work, kind, url, size))
                         print(f"  {scopes[-1]}", flush=True)
+                    # The SQLite store the scoped server read, once it has read it.
+                    shutil.rmtree(work / f"writes-{kind}-{size}", ignore_errors=True)
                     if pg is not None and url is not None:
                         pg.drop_database(url)
             finally:
