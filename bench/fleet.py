@@ -211,9 +211,10 @@ def scoped(work: Path, store_kind: str, url: str | None, size: int) -> Scoped:
     return Scoped(store_kind, size, 1, ready, rss, served)
 
 
-def report(results: list[Writes], scopes: list[Scoped], command: str) -> str:
+def report(results: list[Writes], scopes: list[Scoped], command: str, where: list[str]
+           ) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [BEGIN, "", f"Run {now} with `{command}`.", "", *machine(), "",
+    lines = [BEGIN, "", f"Run {now} with `{command}`.", "", *where, "",
              "Operators' writes through the control plane (HTTP on loopback, one keep-alive "
              "connection, one request at a time), on a server holding the whole fleet. "
              "*Import*: `POST /v1/fleet` of the whole fleet file (JSON) into an empty store, "
@@ -296,6 +297,7 @@ def main() -> None:
     opts = parser.parse_args()
     command = " ".join(["python", "bench/fleet.py", *sys.argv[1:]])
     work = Path(tempfile.mkdtemp(prefix="ecs-imds-fleet-"))
+    where = machine()  # the load when the run begins, not after it
     work.chmod(0o755)
     sizes = [int(s) for s in opts.sizes.split(",") if s]
     results: list[Writes] = []
@@ -322,7 +324,7 @@ def main() -> None:
                     pg.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = report(results, scopes, command)
+    text = report(results, scopes, command, where)
     print(text)
     write_report(opts.out, text)
     print(f"written to {opts.out}; medians: " + ", ".join(

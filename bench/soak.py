@@ -141,7 +141,7 @@ def soak(work: Path, minutes: float, rate: int, size: int) -> Soak:
     return result
 
 
-def report(r: Soak, label: str, command: str) -> str:
+def report(r: Soak, label: str, command: str, where: list[str]) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     w = r.warm
     last = r.samples[-1]
@@ -155,7 +155,7 @@ def report(r: Soak, label: str, command: str) -> str:
         f"**{label}** — run {now} with `{command}`: {r.minutes:g} min, "
         f"{r.instances:,} instances, {r.requests:,} requests "
         f"({r.requests / (r.minutes * 60):,.0f}/s), {r.writes} API writes.", "",
-        *machine(), "",
+        *where, "",
         f"- resident: {r.samples[0].rss / 2**20:.1f} MiB at start, {w.rss / 2**20:.1f} MiB "
         f"after warm-up ({w.at:.0f} s), {last.rss / 2**20:.1f} MiB at the end: "
         f"**{r.growth / 1e6:+.1f} MB** after warm-up",
@@ -189,11 +189,12 @@ def main() -> None:
     command = " ".join(["python", "bench/soak.py", *sys.argv[1:]])
     work = Path(tempfile.mkdtemp(prefix="ecs-imds-soak-"))
     work.chmod(0o755)
+    where = machine()  # the load when the run begins, not after it
     try:
         result = soak(work, opts.minutes, opts.rate, opts.instances)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = report(result, opts.label, command)
+    text = report(result, opts.label, command, where)
     print(text)
     write_report(opts.out, opts.label, text)
 

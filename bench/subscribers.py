@@ -336,10 +336,10 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def report(r: Result, command: str) -> str:
+def report(r: Result, command: str, where: list[str]) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join([
-        BEGIN, "", f"Run {now} with `{command}`.", "", *machine(), "",
+        BEGIN, "", f"Run {now} with `{command}`.", "", *where, "",
         f"{r.subscribers:,} subscribers (the change feed of a server scoped to one host of "
         f"{PER_HOST} instances) in {r.processes} processes, on a hot standby of a primary "
         f"holding {r.instances:,} instances; each polls the change log every {r.poll:g} s.", "",
@@ -393,12 +393,13 @@ def main() -> None:
     command = " ".join(["python", "bench/subscribers.py", *sys.argv[1:]])
     work = Path(tempfile.mkdtemp(prefix="ecs-imds-subs-"))
     work.chmod(0o755)
+    where = machine()  # the load when the run begins, not after it
     try:
         result = run(work, opts.subscribers, opts.processes, opts.instances, opts.rate,
                      opts.seconds, opts.away, opts.poll)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = report(result, command)
+    text = report(result, command, where)
     print(text)
     write_report(opts.out, text)
     print(f"medians: steady {statistics.median(result.steady_ms):.0f} ms")
