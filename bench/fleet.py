@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import fleetgen  # noqa: E402
 from run import ECS_IMDS, fetch, free_port, rss_of, stop, wait_port  # noqa: E402
+from run import write_report as write_between  # noqa: E402
 
 from pg import PostgresCluster, pg_bin  # noqa: E402
 
@@ -277,16 +278,6 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
-def write_report(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n## The fleet at scale\n\n" + text + "\n"
-    path.write_text(new)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1000,10000,100000")
@@ -326,7 +317,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     text = report(results, scopes, command, where)
     print(text)
-    write_report(opts.out, text)
+    write_between(opts.out, text, BEGIN, END)
     print(f"written to {opts.out}; medians: " + ", ".join(
         f"{r.store} {r.instances}: {statistics.median(r.patch_ms):.2f} ms" for r in results))
 

@@ -39,6 +39,7 @@ sys.path.insert(0, str(BENCH))
 import fleetgen  # noqa: E402
 from fleet import Api, admin_token, machine, placed_fleet, server  # noqa: E402
 from run import free_port, rss_of  # noqa: E402
+from run import write_report as write_between  # noqa: E402
 
 from ecs_imds.control.fleet import import_fleet  # noqa: E402
 from ecs_imds.store import open_store  # noqa: E402
@@ -167,17 +168,6 @@ def report(r: Soak, label: str, command: str, where: list[str]) -> str:
         "", f"<!-- bench:soak:{label}:end -->"])
 
 
-def write_report(path: Path, label: str, text: str) -> None:
-    begin, end = f"<!-- bench:soak:{label}:begin -->", f"<!-- bench:soak:{label}:end -->"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if begin in old and end in old:
-        head, rest = old.split(begin, 1)
-        new = head + text + rest.split(end, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=5)
@@ -196,7 +186,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     text = report(result, opts.label, command, where)
     print(text)
-    write_report(opts.out, opts.label, text)
+    write_between(opts.out, text, f"<!-- bench:soak:{opts.label}:begin -->",
+                  f"<!-- bench:soak:{opts.label}:end -->")
 
 
 if __name__ == "__main__":

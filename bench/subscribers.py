@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import fleetgen  # noqa: E402
 from fleet import PER_HOST, host_of, machine, placed_fleet  # noqa: E402
+from run import write_report as write_between  # noqa: E402
 
 from ecs_imds.protocol.snapshot import Snapshot  # noqa: E402
 from ecs_imds.store import open_store  # noqa: E402
@@ -363,16 +364,6 @@ def report(r: Result, command: str, where: list[str]) -> str:
         "", END])
 
 
-def write_report(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
-
-
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         url, poll, out, *hosts = sys.argv[2:]
@@ -401,7 +392,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     text = report(result, command, where)
     print(text)
-    write_report(opts.out, text)
+    write_between(opts.out, text, BEGIN, END)
     print(f"medians: steady {statistics.median(result.steady_ms):.0f} ms")
 
 
