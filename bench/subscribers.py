@@ -58,12 +58,17 @@ from run import write_report as write_between  # noqa: E402
 
 from ecs_imds.protocol.snapshot import Snapshot  # noqa: E402
 from ecs_imds.store import open_store  # noqa: E402
+from ecs_imds.store.base import StoreSettings  # noqa: E402
 from ecs_imds.store.feed import ChangeFeed, SnapshotBuilder  # noqa: E402
 from ecs_imds.store.keys import ensure_token_keys  # noqa: E402
 from pg import PostgresCluster  # noqa: E402
 
 BEGIN, END = "<!-- bench:subscribers:begin -->", "<!-- bench:subscribers:end -->"
 STATUS_EVERY = 0.5
+# A thousand servers on one standby: at most 5 s between their retries while it is away
+# (store.retry-max; docs/capacity.md). Retrying every second, as many feeds kept a standby
+# that restarted refusing them for 10 minutes.
+SETTINGS = StoreSettings(retry_max=5.0)
 
 
 # --- a worker: many subscribers in one process ---------------------------------------------------
@@ -72,12 +77,13 @@ class Subscriber:
 
     def __init__(self, url: str, host: str, poll: float) -> None:
         self.host = host
-        self.store = open_store(url, Path("/nonexistent"), replica=True)
+        self.store = open_store(url, Path("/nonexistent"), replica=True, settings=SETTINGS)
         self.builder = SnapshotBuilder(self.store, scope=frozenset({host}))
         self.published: list[tuple[float, int]] = []
         first = self.builder.build()
         self.published.append((time.time(), first.version))
-        self.feed = ChangeFeed(self.builder, first, self.publish, interval=poll)
+        self.feed = ChangeFeed(self.builder, first, self.publish, interval=poll,
+                               settings=SETTINGS)
 
     def publish(self, snap: Snapshot) -> None:
         if not snap.stale:
