@@ -30,11 +30,6 @@ CORE = {"test_model", "test_catalogue", "test_decide", "test_tokens", "test_rate
 _NETNS_NAMES = ("Topology", "topo")
 _POSTGRES_NAMES = ("PostgresCluster", "cluster", "pg_url", "postgres", "own_pg")
 
-# Property tests assert what is true, never how long an example took: on a shared machine
-# hypothesis' default deadline (200 ms an example) failed a correct test.
-settings.register_profile("ecs-imds", deadline=None)
-settings.load_profile("ecs-imds")
-
 
 def pytest_configure(config: pytest.Config) -> None:
     for name, what in (("core", "the protocol core's own tests (fast, no I/O)"),
