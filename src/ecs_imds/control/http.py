@@ -7,8 +7,6 @@ traceback, never `text/plain`. Messages name the field at fault, never a secret.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import sqlite3
 from typing import Any
@@ -19,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ecs_imds.control import jsonbody
 from ecs_imds.control import schemas as s
 from ecs_imds.errors import (
     ApiError,
@@ -69,19 +68,11 @@ def if_match(request: Request) -> int | None:
     return int(tag)
 
 
-# Bodies larger than this are parsed off the event loop (it is the data plane's too): a
-# fleet file of 100,000 instances takes seconds to parse.
-PARSE_ON_LOOP = 64 * 1024
-
-
 async def read_json(request: Request) -> Any:
     """The request's body as a JSON document, or a 400."""
-    body = await request.body()
     try:
-        if len(body) > PARSE_ON_LOOP:
-            return await asyncio.to_thread(json.loads, body)
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return await jsonbody.parse(await request.body())
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "InvalidParameter", "the body must be a JSON document") from None
 
 

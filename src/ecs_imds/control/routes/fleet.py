@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from ecs_imds.collector import paused
 from ecs_imds.control import fleet
 from ecs_imds.control import schemas as s
 from ecs_imds.control.context import ControlContext, Ctx
@@ -60,8 +61,16 @@ async def set_defaults(request: Request, ctx: Ctx) -> JSONResponse:
 
 @router.get("/v1/fleet", operation_id="ExportFleet", responses={
     200: s.json_response(s.FLEET, "the whole fleet, as a fleet file"), **responses()})
-async def export_fleet(ctx: Ctx) -> JSONResponse:
-    return JSONResponse(await ctx.run(fleet.export_fleet, ctx.store))
+async def export_fleet(ctx: Ctx) -> Response:
+    return Response(await ctx.run(_exported, ctx.store), media_type="application/json")
+
+
+def _exported(store: Store) -> bytes:
+    """The fleet file as JSONResponse would render it, made on a store thread: at 100,000
+    instances, rendering it on the event loop would stop the data plane for seconds."""
+    with paused():
+        return json.dumps(fleet.export_fleet(store), ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":")).encode()
 
 
 def _recorded(store: Store, key: str, digest: str) -> dict[str, Any] | None:
@@ -76,9 +85,23 @@ def _recorded(store: Store, key: str, digest: str) -> dict[str, Any] | None:
     return done
 
 
-def _import(store: Store, doc: Any, replace: bool, key: str | None, digest: str,
+def _import(store: Store, doc: Any, replace: bool, key: str | None, body: bytes,
             progress: fleet.Progress) -> tuple[s.ImportResult, bool]:
-    """The import (or the one made before with `key`); whether it was made before."""
+    """The import (or the one made before with `key`); whether it was made before. On a
+    store thread, with the collector paused (ecs_imds.collector): it makes millions of
+    objects at 100,000 instances."""
+    with paused():
+        return _import_paused(store, doc, replace, key, _digest(body, replace), progress)
+
+
+def _digest(body: bytes, replace: bool) -> str:
+    """What names an import: its body and its kind (a replace is another import)."""
+    kind = hashlib.sha256(b"replace\0" if replace else b"merge\0").hexdigest()
+    return hashlib.sha256(kind.encode() + body).hexdigest()
+
+
+def _import_paused(store: Store, doc: Any, replace: bool, key: str | None, digest: str,
+                   progress: fleet.Progress) -> tuple[s.ImportResult, bool]:
     if key is not None and (done := _recorded(store, key, digest)) is not None:
         # The store's version now: the import made before is served from it on.
         return s.ImportResult(Version=store.version(), Instances=done["Instances"]), True
@@ -116,9 +139,7 @@ async def import_fleet(
     doc = await read_json(request)
     if dry_run:
         return JSONResponse(await ctx.run(fleet.plan_import, ctx.store, doc, replace))
-    digest = hashlib.sha256(b"replace\0" if replace else b"merge\0").hexdigest()
-    digest = hashlib.sha256(digest.encode() + body).hexdigest()
-    work = functools.partial(_import, ctx.store, doc, replace, idempotency_key, digest)
+    work = functools.partial(_import, ctx.store, doc, replace, idempotency_key, body)
     if NDJSON in request.headers.get("accept", ""):
         return StreamingResponse(_streamed(ctx, request, work, replace, idempotency_key),
                                  media_type=NDJSON)

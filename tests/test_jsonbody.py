@@ -1,0 +1,82 @@
+"""Large request bodies are parsed a piece at a time (control/jsonbody.py), giving the same
+document and the same refusals as json.loads; the collector's pauses nest."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import threading
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ecs_imds.collector import paused
+from ecs_imds.control import jsonbody
+
+scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                      | st.dictionaries(st.text(max_size=5), inner, max_size=4), max_leaves=30)
+
+
+@given(values, st.sampled_from([None, 0, 2]), st.booleans())
+def test_the_same_document_as_json_loads(value: Any, indent: int | None, ascii_: bool) -> None:
+    text = json.dumps(value, indent=indent, ensure_ascii=ascii_)
+    assert jsonbody.loads(text) == json.loads(text)
+    wrapped = json.dumps({"a": [value, value], "b": value}, indent=indent)
+    assert jsonbody.loads(wrapped) == json.loads(wrapped)
+
+
+@pytest.mark.parametrize("text", [
+    "", " ", "{", "}", '{"a"}', '{"a" 1}', '{"a": 1,}', '{"a": 1 "b": 2}', '{1: 2}',
+    '{"a": [1, 2}', '{"a": [1 2]}', '{"a": [1,]}', '{"a": []] }', '{"a": 1} x', '{} {}',
+    '{"a": [1, 2], "b": tru}', '{"a": "\\x"}', '{"a": "line\nbreak"}', '[1, 2', '{"a": [',
+])
+def test_what_json_loads_refuses_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        json.loads(text)
+    with pytest.raises(ValueError):
+        jsonbody.loads(text)
+
+
+def test_a_large_body_is_parsed_on_a_thread_with_the_collector_paused() -> None:
+    doc = {"defaults": {"region-id": "cn-hangzhou"},
+           "instances": [{"instance-id": f"i-{n:06d}", "tags": {"n": str(n)}}
+                         for n in range(3000)]}
+    body = json.dumps(doc).encode()
+    assert len(body) > jsonbody.PARSE_ON_LOOP
+    seen: list[bool] = []
+    real = jsonbody.loads
+
+    def watched(text: str) -> Any:
+        seen.append(gc.isenabled() or threading.current_thread() is threading.main_thread())
+        return real(text)
+
+    jsonbody.loads = watched  # type: ignore[assignment]
+    try:
+        assert asyncio.run(jsonbody.parse(body)) == doc
+        assert asyncio.run(jsonbody.parse(b'{"small": [1, 2]}')) == {"small": [1, 2]}
+    finally:
+        jsonbody.loads = real  # type: ignore[assignment]
+    assert seen == [False]  # the large one only: off the main thread, collector paused
+    assert gc.isenabled()
+    assert asyncio.run(jsonbody.parse("{\"utf-16\": 1}".encode("utf-16"))) == {"utf-16": 1}
+
+
+def test_pauses_nest_and_the_collector_runs_again_after_the_last() -> None:
+    assert gc.isenabled()
+    with paused():
+        assert not gc.isenabled()
+        with paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with paused():
+            pass
+        assert not gc.isenabled()  # it was off before: it stays off
+    finally:
+        gc.enable()
