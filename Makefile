@@ -88,6 +88,12 @@ soak: $(STAMP)
 	@$(MAKE) --no-print-directory debs DEB_TOOLS="$(BENCH_TOOLS)"
 	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES)
 
+# Fleet mode under faults (issue 13): three servers on one PostgreSQL; as root (namespaces).
+bench: bench-faults
+.PHONY: bench-faults
+bench-faults: $(STAMP) debs
+	$(BIN)/python bench/faults.py
+
 # The console's pictures in the README (docs/console-*.png), taken in headless Chromium.
 screenshots: $(STAMP) debs
 	$(BIN)/python tests/screenshots.py

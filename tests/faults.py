@@ -113,7 +113,7 @@ class Partition:
 class Reader:
     """Reads one path from a server's data plane, as instance `source`, without pause (in
     network namespace `netns` if given), counting the answers that were not 200 with the
-    expected body (`expect(body)`), until stopped."""
+    expected body (`expect(body)`), and when each body was first seen, until stopped."""
 
     def __init__(self, port: int, path: str, source: str, netns: str | None = None,
                  expect: Callable[[bytes], bool] = lambda body: True) -> None:
@@ -121,6 +121,7 @@ class Reader:
         self.expect = expect
         self.ok = 0
         self.failed: list[str] = []
+        self.first_seen: dict[bytes, float] = {}  # body → time.monotonic() of its first
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -133,6 +134,7 @@ class Reader:
                 status, _, body = get(self.port, self.path, self.source)
                 if status == 200 and self.expect(body):
                     self.ok += 1
+                    self.first_seen.setdefault(body, time.monotonic())
                 else:
                     self.failed.append(f"{status} {body[:80]!r}")
             except (OSError, ValueError, IndexError) as exc:

@@ -139,6 +139,10 @@ class PostgresCluster:
             conf.write(f"unix_socket_directories = '{other.socket}'\n")
         self.socket = other.socket
 
+    def reload(self) -> None:
+        """Re-read postgresql.conf and pg_hba.conf (SIGHUP)."""
+        self._run("pg_ctl", "-D", str(self.data), "reload")
+
     def promote(self) -> None:
         """A standby becomes a primary (what a failover does)."""
         self._run("pg_ctl", "-D", str(self.data), "-w", "promote")
