@@ -31,9 +31,10 @@ steps = st.lists(st.tuples(
 
 
 @settings(max_examples=500)
-@given(steps)
-def test_patched_indexes_are_the_indexes(operations: list[tuple[str, str, str, list[str]]]
-                                         ) -> None:
+@given(steps, st.booleans())
+def test_patched_indexes_are_the_indexes(operations: list[tuple[str, str, str, list[str]]],
+                                         told: bool) -> None:
+    """With `told`, each update is told the one id it touched, as the builder tells it."""
     cache: dict[str, tuple[int, Any, tuple[str, ...]]] = {}
     idx = Index()
     for revision, (op, iid, vpc, addresses) in enumerate(operations):
@@ -41,7 +42,7 @@ def test_patched_indexes_are_the_indexes(operations: list[tuple[str, str, str, l
             cache[iid] = (revision, Item(iid, vpc), tuple(addresses))
         elif op == "delete":
             cache.pop(iid, None)
-        by_address, by_id = idx.update(cache)
+        by_address, by_id = idx.update(cache, [iid] if told else None)
         want_address, want_id = index((item, addrs) for _, item, addrs in cache.values())
         assert by_address == want_address
         assert list(by_id.items()) == list(want_id.items())

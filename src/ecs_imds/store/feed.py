@@ -108,7 +108,7 @@ class SnapshotBuilder:
         for gone in set(ids) - {s.instance_id for s in found}:  # deleted, or moved away
             self._cache.pop(gone, None)
         self._render(found, len(found) > RENDER_AT_ONCE)
-        return self._snapshot(changes.version, changes.stamp, keys=changes.fleet)
+        return self._snapshot(changes.version, changes.stamp, keys=changes.fleet, touched=ids)
 
     def _read_defaults(self) -> bool:
         """Read the fleet defaults; True when they changed (everything renders again)."""
@@ -121,8 +121,11 @@ class SnapshotBuilder:
         self._pool = Pool()
         return True
 
-    def _snapshot(self, version: int, stamp: int | None, keys: bool = True) -> Snapshot:
-        by_address, by_id = self._index.update(self._cache)
+    def _snapshot(self, version: int, stamp: int | None, keys: bool = True,
+                  touched: list[str] | None = None) -> Snapshot:
+        """The snapshot of the cache; `touched`: the only ids whose entries may have changed
+        since the last one (None: any may have)."""
+        by_address, by_id = self._index.update(self._cache, touched)
         key_ring = self._keys() if keys or self._key_ring is None else self._key_ring
         self.stamp = stamp
         return Snapshot(version=version, by_address=by_address, by_id=by_id,
