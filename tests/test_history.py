@@ -38,8 +38,9 @@ from ecs_imds.store.keys import ensure_token_keys
 from ecs_imds.store.postgres import PostgresStore
 from ecs_imds.store.sqlite import SQLiteStore
 from pg import PostgresCluster, wait_until
-from server import ServerProcess, free_port, get
-from test_scope import FLEET, VPC, ip, placed
+from server import ServerProcess, get
+from test_replica import start
+from test_scope import ip, placed
 from test_store_backends import Backend, backend, fleet, instance
 
 __all__ = ["backend"]
@@ -132,18 +133,6 @@ def test_a_feed_reads_afresh_a_store_gone_back_to_a_backup(tmp_path: Path) -> No
 
 NAME = "/latest/meta-data/instance/instance-name"
 LOST = b"lost"
-
-
-def start(workdir: Path, url: str, first: bool) -> ServerProcess:
-    port = free_port()
-    srv = ServerProcess(workdir, FLEET, [{"bind": f"127.0.0.1:{port}", "vpc-id": VPC}],
-                        store=url, limits={"rate": 0}, **{"poll-interval": 0.2})
-    srv.port = port
-    if first:
-        srv.start()
-    else:
-        srv.launch()
-    return srv
 
 
 def name_of(srv: ServerProcess, n: int) -> bytes:

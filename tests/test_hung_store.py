@@ -38,7 +38,7 @@ from faults import (
     db_connections_tcp,
     in_netns,
 )
-from pg import PostgresCluster, wait_until
+from pg import PostgresCluster, cluster, wait_until
 from server import ServerProcess, free_port, get
 from test_scope import FLEET, VPC, ip
 
@@ -156,12 +156,8 @@ def survive(servers: list[ServerProcess], fault: Callable[[], None],
 
 @pytest.fixture
 def own_pg() -> Iterator[PostgresCluster]:
-    pg = PostgresCluster()
-    try:
-        pg.start()
+    with cluster() as pg:
         yield pg
-    finally:
-        pg.close()
 
 
 @pytest.mark.parametrize("postmaster_only", [False, True], ids=["every-process",

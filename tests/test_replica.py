@@ -49,7 +49,9 @@ def both(first: PostgresCluster, second: PostgresCluster, db: str, attrs: str) -
             f"&target_session_attrs={attrs}")
 
 
-def start(workdir: Path, store: dict[str, Any], first: bool = False) -> ServerProcess:
+def start(workdir: Path, store: dict[str, Any] | str, first: bool = False) -> ServerProcess:
+    """A server of FLEET on a free loopback port (`.port`) on `store`; the first one
+    imports the fleet, the others find it there."""
     port = free_port()
     srv = ServerProcess(workdir, FLEET, [{"bind": f"127.0.0.1:{port}", "vpc-id": VPC}],
                         store=store, limits={"rate": 0}, **{"poll-interval": 0.2})
