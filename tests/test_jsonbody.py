@@ -1,5 +1,6 @@
 """Large request bodies are parsed a piece at a time (control/jsonbody.py), giving the same
-document and the same refusals as json.loads; the collector's pauses nest."""
+document and the same refusals as json.loads, and their nesting is checked a slice at a time
+(control/limits.py) with the same result as one pass; the collector's pauses nest."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ecs_imds.collector import paused
-from ecs_imds.control import jsonbody
+from ecs_imds.control import jsonbody, limits
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
@@ -80,3 +81,26 @@ def test_pauses_nest_and_the_collector_runs_again_after_the_last() -> None:
         assert not gc.isenabled()  # it was off before: it stays off
     finally:
         gc.enable()
+
+
+def _brackets_in_one_pass(body: bytes) -> bytes:
+    return limits._STRING.sub(b"", body).translate(None, limits._NOT_BRACKETS)
+
+
+@given(st.lists(st.sampled_from([b"{", b"}", b"[", b"]", b'"', b"\\", b"a", b"\n", b":",
+                                 b"x" * 5000, b'"{[', b'\\"']), max_size=2000))
+def test_brackets_a_slice_at_a_time_are_those_of_one_pass(pieces: list[bytes]) -> None:
+    body = b"".join(pieces)
+    assert limits.brackets_of(body) == _brackets_in_one_pass(body)
+
+
+def test_a_fleet_file_is_scanned_in_many_slices() -> None:
+    body = json.dumps({"instances": [{"instance-id": f"i-{n}", "tags": {"k": "{[\"]}"}}
+                                     for n in range(5000)]}).encode()
+    assert limits.brackets_of(body) == _brackets_in_one_pass(body)
+    slices = 0
+    pos = 0
+    while (piece := limits._SLICE.match(body, pos)) is not None and pos < len(body):
+        slices, pos = slices + 1, piece.end()
+    assert slices > 50  # the GIL is let go between them
+    assert not limits.nested_deeper(body) and limits.nested_deeper(b"[" * 40 + b"]" * 40)

@@ -7,6 +7,13 @@ the event loop the data plane shares with the control plane stops meanwhile (a 2
 instance import raised other instances' p99 from under a millisecond to 108 ms). What these
 documents hold has no reference cycles: reference counting frees it all the same. Pauses nest
 and may come from several threads; the collector runs again when the last one ends.
+
+A document that outlives its pause (a parsed request body, a snapshot) would be walked whole
+by the first collection after it — every object made during a pause is still in the
+youngest generation — so such a pause ends with `freeze`: what is alive then leaves the
+collector's sight for good (as the data plane does with each large snapshot). The price is
+that reference cycles alive at that moment are never collected: a few, once per import or
+large build.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ _was_enabled = True
 
 
 @contextmanager
-def paused() -> Iterator[None]:
+def paused(freeze: bool = False) -> Iterator[None]:
+    """The collector paused meanwhile; with `freeze`, what is alive at the end is frozen
+    (see above)."""
     global _paused, _was_enabled
     with _lock:
         if _paused == 0:
@@ -32,6 +41,8 @@ def paused() -> Iterator[None]:
     try:
         yield
     finally:
+        if freeze:
+            gc.freeze()
         with _lock:
             _paused -= 1
             if _paused == 0 and _was_enabled:

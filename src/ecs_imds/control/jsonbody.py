@@ -20,6 +20,8 @@ from ecs_imds.collector import paused
 
 # Bodies larger than this are parsed on a thread, in pieces.
 PARSE_ON_LOOP = 64 * 1024
+# ... and larger than this (a fleet file), their document is frozen (ecs_imds.collector).
+FREEZE_ABOVE = 1024 * 1024
 
 _SPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
@@ -33,7 +35,7 @@ async def parse(body: bytes) -> Any:
 
 
 def _parse_paused(body: bytes) -> Any:
-    with paused():
+    with paused(freeze=len(body) > FREEZE_ABOVE):
         return loads(body.decode(json.detect_encoding(body)))
 
 

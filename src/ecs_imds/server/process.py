@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -48,6 +49,8 @@ if TYPE_CHECKING:  # the control plane is imported only by a server that runs it
 
 log = logging.getLogger("ecs_imds")
 T = TypeVar("T")
+# Seconds a thread may hold the GIL while the event loop waits for it (Service.run).
+SWITCH_INTERVAL = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +317,9 @@ class Service:
     def run(self) -> None:
         # SIGHUP's default would end the process before the loop installs its handler
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # While a thread works (an import, a build, a store call's Python), the event loop
+        # waits for the GIL up to this long before each turn: 1 ms, not Python's 5.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self.admin_token()
         if self.config.workers <= 1:
             uvloop.run(self.serve())
