@@ -22,6 +22,7 @@ import httpx
 import yaml
 
 from ecs_imds.clients.control import AdminClient
+from ecs_imds.testing.server import end
 
 ECS_IMDS = str(Path(sys.executable).with_name("ecs-imds"))
 
@@ -140,13 +141,7 @@ class ServerProcess:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end(self.proc)
         self.proc = None
 
     def log(self) -> str:

@@ -46,6 +46,17 @@ def fleet_document(fleet: Fleet) -> dict[str, Any]:
     return doc
 
 
+
+def end(proc: subprocess.Popen[Any] | None) -> None:
+    """Stop a server process: SIGTERM, then SIGKILL if it has not ended within 10 s."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
 class ImdsServer:
     """One running server. `endpoint` is what clients get (`ECS_IMDS_ENDPOINT`),
     `addresses` which loopback source address stands for which instance, `admin` changes
@@ -157,13 +168,7 @@ class ImdsServer:
         self.admin.load(self.fleet, replace=True)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end(self.proc)
         self.proc = None
         if self._admin is not None:
             self._admin.client.http.close()
