@@ -2,11 +2,12 @@
 
 Parsing a fleet file or importing it makes millions of objects, and the collector walks
 everything alive again each time their number grew by a quarter: a 100,000-instance fleet
-file parses in 0.8 s with it paused and 7.5 s without. Each of those walks holds the GIL, so
-the event loop the data plane shares with the control plane stops meanwhile (a 20,000-
-instance import raised other instances' p99 from under a millisecond to 108 ms). What these
-documents hold has no reference cycles: reference counting frees it all the same. Pauses nest
-and may come from several threads; the collector runs again when the last one ends.
+file parses in 0.8 s with it paused, several times that without. Each of those walks holds
+the GIL, so the event loop the data plane shares with the control plane stops meanwhile
+(bench/import_beside.py: before, an instance waited up to 2.3 s during such an import). What
+these documents hold has no reference cycles: reference counting frees it all the same.
+Pauses nest and may come from several threads; the collector runs again when the last one
+ends.
 
 A document that outlives its pause (a parsed request body, a snapshot) would be walked whole
 by the first collection after it — every object made during a pause is still in the
