@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from ecs_imds.testing.server import Fleet, fleet_document
+from ecs_imds.testing.server import Fleet, end, fleet_document
 
 METADATA_IP = "100.100.100.200"
 START_TIMEOUT = 30.0
@@ -236,13 +236,7 @@ class Sandbox:
 
     def close(self) -> None:
         for proc in reversed(self._procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            end(proc)
         self._procs.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
 

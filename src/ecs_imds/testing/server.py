@@ -46,7 +46,6 @@ def fleet_document(fleet: Fleet) -> dict[str, Any]:
     return doc
 
 
-
 def end(proc: subprocess.Popen[Any] | None) -> None:
     """Stop a server process: SIGTERM, then SIGKILL if it has not ended within 10 s."""
     if proc is not None and proc.poll() is None:
@@ -56,6 +55,7 @@ def end(proc: subprocess.Popen[Any] | None) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
 
 class ImdsServer:
     """One running server. `endpoint` is what clients get (`ECS_IMDS_ENDPOINT`),
