@@ -101,6 +101,35 @@ def test_store_calls_run_on_the_control_planes_own_threads(ctx: ControlContext) 
     assert seen and all(name.startswith("control-store") for name in seen)
 
 
+@pytest.mark.parametrize(("router", "method", "path", "body", "action"), [
+    (options.router, "PATCH", f"/v1/instances/{WEB}/metadata-options",
+     {"HttpTokens": "required"}, "modify-metadata-options"),
+    (instances.router, "PATCH", f"/v1/instances/{WEB}", {"instance-name": "x"}, "patch"),
+    (items.router, "PUT", f"/v1/instances/{WEB}/tags", {"Tags": {"k": "v"}}, "set-tags"),
+    (instances.router, "DELETE", f"/v1/instances/{WEB}", None, "delete"),
+    (tokens.router, "POST", "/v1/api-tokens", {"Name": "ci"}, "issue-api-token"),
+    (keys.router, "POST", "/v1/keys/token/rotate", None, "rotate-token-key"),
+])
+def test_audit_lines_are_written_on_the_control_planes_threads(
+        ctx: ControlContext, router: APIRouter, method: str, path: str, body: Any,
+        action: str) -> None:
+    """The audit log is a file: its lines are written beside the store work, never on the
+    event loop the data plane serves from; one line a change, written before the answer."""
+    import threading
+
+    written: list[tuple[str, str]] = []
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            assert isinstance(record.msg, dict)
+            written.append((record.msg["action"], threading.current_thread().name))
+
+    ctx.audit.logger.addHandler(Watch())
+    assert call(ctx, router, method, path, json=body).status_code in (200, 201, 204)
+    assert [a for a, _ in written] == [action]
+    assert all(name.startswith("control-store") for _, name in written)
+
+
 def test_a_filtered_page_examines_a_bounded_number_of_instances(tmp_path: Path) -> None:
     """A filter that matches few gives short (even empty) pages with a token, never a scan of
     the fleet; following the tokens finds every match, in order, and ends with null."""

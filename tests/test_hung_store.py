@@ -325,3 +325,30 @@ def test_the_feed_says_stale_while_its_own_call_hangs(own_pg: PostgresCluster) -
     finally:
         feed.stop()
         store.close()
+
+
+def _switches(thread_name: str) -> int:
+    """How often a thread of this process has slept and been woken (voluntary switches)."""
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name == thread_name:
+            status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+            return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+    raise AssertionError(f"no thread {thread_name}")
+
+
+def test_round_trips_do_not_wake_the_deadline_thread(pg_url: str) -> None:
+    """Every round trip has a deadline, but only a hang needs the thread that enforces them
+    awake: a hundred writes (a dozen round trips each) leave it asleep, where it used to
+    wake for each round trip."""
+    store = PostgresStore(pg_url, StoreSettings(statement_timeout=30))
+    try:
+        import_fleet(store, FLEET)
+        doc = store.load_instances()[0].doc
+        before = _switches("pg-deadlines")
+        for _ in range(100):
+            store.put_instance(doc, None)
+        assert _switches("pg-deadlines") - before <= 2
+    finally:
+        store.close()

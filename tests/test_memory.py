@@ -85,3 +85,22 @@ def test_the_pool_of_shared_leaves_starts_over(tmp_path: Path,
     served = snap.by_id[instance(1)["instance-id"]].entries["user-data"]
     assert served.body == b"#!/bin/sh\necho 199\n"  # type: ignore[union-attr]
     store.close()
+
+
+def test_snapshots_installed_often_are_looked_at_now_and_then(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting what the collector watches walks every such object, on the event loop: a
+    fleet changing many times a second has it looked at once every SETTLE_EVERY seconds,
+    not once per snapshot."""
+    from test_fastpath import SNAP, plane_of
+
+    looks: list[bool] = []
+    monkeypatch.setattr(plane, "_settle", lambda always=False: looks.append(always))
+    data_plane = plane_of()
+    for _ in range(50):
+        data_plane.install(SNAP)
+    assert looks == [False]
+    monkeypatch.setattr(plane, "SETTLE_EVERY", 0.0)
+    data_plane.install(SNAP)
+    data_plane.install(SNAP)
+    assert looks == [False, False, False]

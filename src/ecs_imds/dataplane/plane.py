@@ -58,6 +58,9 @@ SEND_BUFFER = 64 * 1024
 # Long-lived objects the collector still watches beyond which they are frozen (see _settle):
 # a full collection of this many is a pause of a few milliseconds.
 SETTLE_ABOVE = 100_000
+# Seconds between two looks at how many that is: a look walks them all (a millisecond or
+# more of the event loop), and snapshots come as often as the fleet changes.
+SETTLE_EVERY = 5.0
 
 
 def _settle(always: bool = False) -> None:
@@ -150,12 +153,16 @@ class DataPlane:
         self.listening: list[socket.socket] = []  # the sockets accept_ready reads
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._settled_at = -SETTLE_EVERY  # monotonic time of the last look (see install)
 
     def install(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot (on the loop's thread)."""
         self.snapshot = snapshot
         self.limiter.forget(snapshot.by_id)
-        _settle()
+        now = time.monotonic()
+        if now - self._settled_at >= SETTLE_EVERY:
+            self._settled_at = now
+            _settle()
 
     def stranger(self, source: str, listener: ListenerState) -> None:
         """A request from an address that is no instance's (it gets 403). With the debug log

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ecs_imds.collector import paused
 from ecs_imds.control import fleet
 from ecs_imds.control import schemas as s
-from ecs_imds.control.context import ControlContext, Ctx
+from ecs_imds.control.context import ControlContext, Ctx, principal
 from ecs_imds.control.http import error_of, read_json, responses
 from ecs_imds.errors import ApiError
 from ecs_imds.protocol.model import FleetDefaults
@@ -55,7 +55,7 @@ async def get_defaults(ctx: Ctx) -> JSONResponse:
 async def set_defaults(request: Request, ctx: Ctx) -> JSONResponse:
     doc = await read_json(request)
     defaults, _ = await ctx.run(fleet.set_defaults, ctx.store, doc)
-    ctx.record(request, "set-defaults", "fleet")
+    await ctx.record(request, "set-defaults", "fleet")
     return JSONResponse(defaults.to_doc())
 
 
@@ -155,8 +155,10 @@ async def import_fleet(
 
 def _audit(ctx: ControlContext, request: Request, result: s.ImportResult, again: bool,
            replace: bool) -> None:
+    """The import's audit line, handed to a store thread (written in order, off the loop)."""
     if not again:
-        ctx.record(request, "import", "fleet", instances=result.Instances, replace=replace)
+        ctx.executor.submit(ctx.audit.record, principal(request).name, "import", "fleet",
+                            instances=result.Instances, replace=replace)
 
 
 # Keys of the imports running in this server: a client that lost its answer may send the

@@ -90,7 +90,7 @@ async def create_instance(request: Request, ctx: Ctx) -> JSONResponse:
         inst, rev = await ctx.run(fleet.write_instance, ctx.store, doc, 0)
     except Conflict as exc:
         raise ApiError(409, "InstanceAlreadyExists", f"{exc.instance_id} exists") from None
-    ctx.record(request, "create", inst.instance_id)
+    await ctx.record(request, "create", inst.instance_id)
     return instance_response(inst.to_doc(), rev, 201)
 
 
@@ -123,7 +123,7 @@ async def replace_instance(instance_id: str, request: Request, ctx: Ctx) -> JSON
         raise ApiError(400, "InvalidParameter", "instance-id: must match the path")
     doc = {"instance-id": instance_id, **doc}
     inst, rev, created = await ctx.run(replace_or_create, ctx.store, doc, if_match(request))
-    ctx.record(request, "replace", instance_id)
+    await ctx.record(request, "replace", instance_id)
     return instance_response(inst.to_doc(), rev, 201 if created else 200)
 
 
@@ -137,9 +137,10 @@ async def patch_instance(instance_id: str, request: Request, ctx: Ctx) -> JSONRe
     patch = await read_json(request)
     if not isinstance(patch, dict):
         raise ApiError(400, "InvalidParameter", "a merge patch must be a JSON object")
-    inst, rev = await ctx.run(fleet.modify_instance, ctx.store, instance_id,
-                              lambda doc: fleet.merge_patch(doc, patch), if_match(request))
-    ctx.record(request, "patch", instance_id, fields=sorted(patch))
+    expect = if_match(request)
+    inst, rev = await ctx.audited(request, "patch", instance_id, lambda: fleet.modify_instance(
+        ctx.store, instance_id, lambda doc: fleet.merge_patch(doc, patch), expect),
+        fields=sorted(patch))
     return instance_response(inst.to_doc(), rev)
 
 
@@ -147,7 +148,7 @@ async def patch_instance(instance_id: str, request: Request, ctx: Ctx) -> JSONRe
                responses=responses(404, 412))
 async def delete_instance(instance_id: str, request: Request, ctx: Ctx) -> Response:
     await ctx.run(fleet.delete_instance, ctx.store, instance_id, if_match(request))
-    ctx.record(request, "delete", instance_id)
+    await ctx.record(request, "delete", instance_id)
     return Response(status_code=204)
 
 
@@ -155,7 +156,7 @@ async def change(ctx: ControlContext, request: Request, instance_id: str, action
                  mutate: Callable[[dict[str, Any]], None], **details: Any) -> Instance:
     """Change one instance with `mutate` (at the If-Match revision, when given) and audit it:
     what every per-item route (options, role, user data, tags, spot, events) does."""
-    inst, _ = await ctx.run(fleet.modify_instance, ctx.store, instance_id, mutate,
-                            if_match(request))
-    ctx.record(request, action, instance_id, **details)
+    expect = if_match(request)
+    inst, _ = await ctx.audited(request, action, instance_id, lambda: fleet.modify_instance(
+        ctx.store, instance_id, mutate, expect), **details)
     return inst

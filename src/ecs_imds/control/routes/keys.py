@@ -27,7 +27,7 @@ def rotate_token_key(store: Store) -> s.TokenKeyOut:
              operation_id="RotateTokenKey")
 async def rotate_token(request: Request, ctx: Ctx) -> s.TokenKeyOut:
     out = await ctx.run(rotate_token_key, ctx.store)
-    ctx.record(request, "rotate-token-key", "key-ring", kid=out.KeyId)
+    await ctx.record(request, "rotate-token-key", "key-ring", kid=out.KeyId)
     return out
 
 
@@ -35,7 +35,7 @@ async def rotate_token(request: Request, ctx: Ctx) -> s.TokenKeyOut:
              operation_id="RotateIdentityKey")
 async def rotate_identity(request: Request, ctx: Ctx) -> s.Rotated:
     version = await ctx.run(keys.rotate_identity, ctx.store)
-    ctx.record(request, "rotate-identity-key", "identity")
+    await ctx.record(request, "rotate-identity-key", "identity")
     return s.Rotated(Version=version)
 
 
@@ -73,5 +73,5 @@ async def rotate_credentials(request: Request, ctx: Ctx) -> s.Rotated:
     once, and the old ones no longer verify (they are no credentials of this fleet)."""
     version = await ctx.run(keys.rotate_credentials, ctx.store)
     await ctx.run(ctx.reload)
-    ctx.record(request, "rotate-credential-secret", "credentials")
+    await ctx.record(request, "rotate-credential-secret", "credentials")
     return s.Rotated(Version=version)

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Request
 from ecs_imds.control import fleet
 from ecs_imds.control import schemas as s
 from ecs_imds.control.context import Ctx
-from ecs_imds.control.http import responses
-from ecs_imds.control.routes.instances import INSTANCE_PATH, change
+from ecs_imds.control.http import if_match, responses
+from ecs_imds.control.routes.instances import INSTANCE_PATH
 from ecs_imds.errors import ApiError
 from ecs_imds.protocol.model import FleetDefaults, Instance, effective
 from ecs_imds.store import Store
@@ -48,9 +48,13 @@ def option_changes(body: s.MetadataOptions) -> dict[str, Any]:
 
 def options_of(store: Store, instance_id: str) -> s.MetadataOptionsOut:
     """The options the instance is served with: its own over the fleet defaults."""
-    inst = Instance.from_doc(fleet.read_instance(store, instance_id).doc)
+    return served_options(store, Instance.from_doc(fleet.read_instance(store, instance_id).doc))
+
+
+def served_options(store: Store, inst: Instance) -> s.MetadataOptionsOut:
+    """The options `inst` is served with under the stored fleet defaults."""
     opts = effective(inst, FleetDefaults.from_doc(store.load_defaults())).options
-    return s.MetadataOptionsOut(InstanceId=instance_id, HttpEndpoint=opts.http_endpoint,
+    return s.MetadataOptionsOut(InstanceId=inst.instance_id, HttpEndpoint=opts.http_endpoint,
                                 HttpTokens=opts.http_tokens,
                                 HttpPutResponseHopLimit=opts.hop_limit,
                                 InstanceMetadataTags=opts.instance_metadata_tags)
@@ -72,5 +76,11 @@ async def modify_options(instance_id: str, body: s.MetadataOptions, request: Req
     def mutate(doc: dict[str, Any]) -> None:
         doc["metadata-options"] = {**(doc.get("metadata-options") or {}), **changes}
 
-    await change(ctx, request, instance_id, "modify-metadata-options", mutate, options=changes)
-    return await ctx.run(options_of, ctx.store, instance_id)
+    expect = if_match(request)
+
+    def work() -> s.MetadataOptionsOut:  # the change and its answer, in one hand-off
+        inst, _ = fleet.modify_instance(ctx.store, instance_id, mutate, expect)
+        return served_options(ctx.store, inst)
+
+    return await ctx.audited(request, "modify-metadata-options", instance_id, work,
+                             options=changes)

@@ -27,7 +27,7 @@ async def issue_api_token(body: s.ApiTokenIn, request: Request, ctx: Ctx) -> s.A
                        f"Lifetime: at most {limit} seconds (api.token-max-lifetime)")
     token, record = await ctx.run(auth.issue, ctx.store, ctx.authority, body.Scope,
                                   body.Name, lifetime, int(time.time()))
-    ctx.record(request, "issue-api-token", body.Name, scope=body.Scope, id=record.id,
+    await ctx.record(request, "issue-api-token", body.Name, scope=body.Scope, id=record.id,
                expires=format_time(record.expires))
     return s.ApiTokenOut(Id=record.id, Name=record.name,
                          Scope=record.scope, Expiration=format_time(record.expires),
@@ -61,7 +61,7 @@ async def revoke_api_token(token_id: str, request: Request, ctx: Ctx) -> s.ApiTo
     if record is None:
         raise ApiError(404, "InvalidApiTokenId.NotFound", f"no API token {token_id}")
     await ctx.run(ctx.reload)
-    ctx.record(request, "revoke-api-token", record.name, id=record.id)
+    await ctx.record(request, "revoke-api-token", record.name, id=record.id)
     return _info(record, ctx.authority.secret_id, time.time())
 
 
@@ -77,6 +77,6 @@ async def rotate_api_secret(request: Request, ctx: Ctx) -> s.SecretRotated:
                              principal(request).name, ctx.settings.token_lifetime,
                              int(time.time()))
     written = await ctx.run(ctx.admin_token)
-    ctx.record(request, "rotate-api-secret", "api-tokens")
+    await ctx.record(request, "rotate-api-secret", "api-tokens")
     return s.SecretRotated(Version=version, Token=token,
                            AdminTokenFile=None if written is None else str(written))
