@@ -16,9 +16,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import Response
+from starlette.datastructures import Headers, State
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ecs_imds.control.context import ControlContext
 from ecs_imds.control.http import error, install_error_handlers
@@ -41,28 +42,42 @@ def create_app(ctx: ControlContext, routers: Iterable[APIRouter] = ROUTERS) -> F
                               *(["/metrics"] if ctx.settings.open_metrics else [])}
     app.state.public_prefixes = list(PUBLIC_PREFIXES)
     app.add_middleware(BodyLimits, limit=ctx.settings.body_limit)
-
-    @app.middleware("http")  # added last, so it runs first: no body is read for a stranger
-    async def authenticate(request: Request, call_next: Any) -> Response:
-        path = request.url.path
-        if path in app.state.public_paths or path.startswith(tuple(app.state.public_prefixes)):
-            response: Response = await call_next(request)
-            return response
-        principal = ctx.authority.check(request.headers.get("authorization"), time.time())
-        if principal is None:
-            return error(401, "Unauthorized", "a valid bearer token is required",
-                         {"WWW-Authenticate": "Bearer"})
-        if request.method not in ("GET", "HEAD") and not principal.may_write:
-            return error(403, "Forbidden", f"token {principal.name} is read-only")
-        request.state.principal = principal
-        response = await call_next(request)
-        return response
-
+    app.add_middleware(Authenticate, ctx=ctx, state=app.state)  # last added, first to run
     install_error_handlers(app)
     for router in (*routers, docs.router):
         app.include_router(router)
     app.openapi = lambda: openapi(app)  # type: ignore[method-assign]
     return app
+
+
+class Authenticate:
+    """ASGI middleware, outermost: a request for a path that is not public needs a valid
+    bearer token, and a read-only token may only GET; the principal is put in the
+    request's state. No body is read for a stranger. (A plain ASGI class: Starlette's
+    `BaseHTTPMiddleware` costs every request a task group and a pair of streams.)"""
+
+    def __init__(self, app: ASGIApp, ctx: ControlContext, state: State) -> None:
+        self.app, self.ctx, self.state = app, ctx, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._public(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        principal = self.ctx.authority.check(Headers(scope=scope).get("authorization"),
+                                             time.time())
+        if principal is None:
+            await error(401, "Unauthorized", "a valid bearer token is required",
+                        {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        elif scope["method"] not in ("GET", "HEAD") and not principal.may_write:
+            await error(403, "Forbidden", f"token {principal.name} is read-only")(
+                scope, receive, send)
+        else:
+            scope.setdefault("state", {})["principal"] = principal
+            await self.app(scope, receive, send)
+
+    def _public(self, path: str) -> bool:
+        return path in self.state.public_paths or path.startswith(
+            tuple(self.state.public_prefixes))
 
 
 def openapi(app: FastAPI) -> dict[str, Any]:

@@ -135,6 +135,14 @@ _UPSERT = ("INSERT INTO instances (instance_id, doc, revision, host) VALUES (%s,
            "ON CONFLICT (instance_id) DO UPDATE "
            "SET doc = EXCLUDED.doc, revision = EXCLUDED.revision, host = EXCLUDED.host")
 
+# An instance's revision and host, locked, with the addresses it holds: one round trip.
+_CURRENT_AND_HELD = ("SELECT revision, host, ARRAY(SELECT ARRAY[vpc_id, address] FROM addresses "
+                     "WHERE instance_id = %s) FROM instances WHERE instance_id = %s FOR UPDATE")
+# The write's stamp, returned by the write itself (the version's row is the trigger's).
+_STAMPED = " RETURNING (SELECT stamp FROM commits WHERE version = %s)"
+# Change log rows written with the notice in one statement (more: executemany).
+FEW_ROWS = 8
+
 # The change log after a version, within some hosts, where the log begins, and the stamps
 # of both ends, read in one statement (one snapshot of the database).
 _CHANGES = """
@@ -275,12 +283,26 @@ class PostgresStore:
             yield conn, int(row[0])
 
     def _log(self, conn: Connection, version: int,
-             rows: Mapping[str, Set[str]] = FLEET_ROWS) -> None:
+             rows: Mapping[str, Set[str]] = FLEET_ROWS, stamp: int | None = None) -> None:
         """Append one write's rows (host → ids) to the change log, prune it now and then,
-        and tell the listening servers (NOTIFY is sent on commit, nothing on a rollback)."""
-        with conn.cursor() as cur:
-            cur.executemany("INSERT INTO changes (version, host, ids) VALUES (%s, %s, %s)",
-                            [(version, host, sorted(ids)) for host, ids in rows.items()])
+        and tell the listening servers (NOTIFY is sent on commit, nothing on a rollback).
+        `stamp`: the version's, when the caller has read it already."""
+        if stamp is None:
+            found = conn.execute("SELECT stamp FROM commits WHERE version = %s",
+                                 (version,)).fetchone()
+            stamp = found[0] if found else None
+        notice = Change(version, {host: frozenset(ids) for host, ids in rows.items()}, stamp)
+        logged = [(version, host, sorted(ids)) for host, ids in rows.items()]
+        if len(logged) <= FEW_ROWS:  # one round trip, as most writes are
+            conn.execute(f"WITH logged AS (INSERT INTO changes (version, host, ids) VALUES "
+                         f"{', '.join(['(%s, %s, %s)'] * len(logged))}) "
+                         "SELECT pg_notify(%s, %s)",
+                         [*(v for row in logged for v in row), CHANNEL, notice.payload()])
+        else:
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO changes (version, host, ids) VALUES (%s, %s, %s)",
+                                logged)
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, notice.payload()))
         if version % PRUNE_EVERY == 0:
             conn.execute("""
 WITH cut AS (SELECT max(version) AS v FROM changes
@@ -289,11 +311,6 @@ WITH cut AS (SELECT max(version) AS v FROM changes
      unstamped AS (DELETE FROM commits WHERE version < (SELECT v FROM cut))
 UPDATE state SET value = greatest(value, (SELECT v FROM cut))
 WHERE key = 'log-floor' AND (SELECT v FROM cut) IS NOT NULL""", (self.retention,))
-        stamp = conn.execute("SELECT stamp FROM commits WHERE version = %s",
-                             (version,)).fetchone()
-        notice = Change(version, {host: frozenset(ids) for host, ids in rows.items()},
-                        stamp[0] if stamp else None)
-        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, notice.payload()))
 
     @staticmethod
     def _current(conn: Connection, instance_id: str, expect: int | None
@@ -388,18 +405,27 @@ WHERE key = 'log-floor' AND (SELECT v FROM cut) IS NOT NULL""", (self.retention,
         instance_id = doc["instance-id"]
         claims = Claims.of(doc)
         with self._write() as (conn, version):
-            _, host = self._current(conn, instance_id, expect)
-            self._claim(conn, instance_id, claims)
-            conn.execute(_UPSERT, (instance_id, _dump(doc), version, claims.host))
+            row = conn.execute(_CURRENT_AND_HELD, (instance_id, instance_id)).fetchone()
+            current, host = (int(row[0]), row[1]) if row else (0, None)
+            if expect is not None and current != expect:
+                raise Conflict(instance_id, current)
+            self._claim(conn, instance_id, claims, None if row is None else row[2])
+            stamp = conn.execute(_UPSERT + _STAMPED, (instance_id, _dump(doc), version,
+                                                      claims.host, version)).fetchone()
             moved = [] if host is None else [(instance_id, host)]
-            self._log(conn, version, touched([*moved, (instance_id, claims.host)]))
+            self._log(conn, version, touched([*moved, (instance_id, claims.host)]),
+                      stamp[0] if stamp else None)
             return version
 
     @staticmethod
-    def _claim(conn: Connection, instance_id: str, claims: Claims) -> None:
-        """Give one instance exactly `claims`' addresses, writing only the difference."""
-        held = {(v, a) for v, a in conn.execute(
-            "SELECT vpc_id, address FROM addresses WHERE instance_id = %s", (instance_id,))}
+    def _claim(conn: Connection, instance_id: str, claims: Claims,
+               held_now: list[list[str]] | None = None) -> None:
+        """Give one instance exactly `claims`' addresses, writing only the difference;
+        `held_now`: the (vpc, address) pairs it holds, when the caller has read them."""
+        if held_now is None:
+            held_now = conn.execute("SELECT vpc_id, address FROM addresses "
+                                    "WHERE instance_id = %s", (instance_id,)).fetchall()
+        held = {(v, a) for v, a in held_now}
         wanted = {(claims.vpc_id, a) for a in claims.addresses}
         new = wanted - held
         if new:
