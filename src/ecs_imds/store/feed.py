@@ -150,6 +150,10 @@ class SnapshotBuilder:
                     inst = Instance.from_doc(stored.doc)
                     item = render(effective(inst, self._defaults), self._pool)
                     addresses = tuple(inst.addresses())
+                    # A few hundred microseconds each: between two, a thread waiting for
+                    # the interpreter (an API write back from its store call) has it now,
+                    # not after the 1 ms switch interval; a write makes a dozen such calls.
+                    time.sleep(0)
             except ValidationError as exc:
                 # Writes are validated; this only happens if the store was edited by hand.
                 log.error("instance %s cannot be served: %s", stored.instance_id, exc)
