@@ -1,6 +1,7 @@
 """A server without a control plane (`api: false`, as on a host scoped to its instances)
 loads only what serving needs: not FastAPI, uvicorn, the console, the HTTP client nor rich,
-and on PostgreSQL not sqlite3 (together ~30 MB resident, ~1 s of start-up per process).
+on PostgreSQL not sqlite3 (together ~30 MB resident, ~1 s of start-up per process), and
+not the Prometheus client while nothing scrapes it (5 MB).
 
 The real `ecs-imds serve` runs with PYTHONPROFILEIMPORTTIME, which makes Python itself name
 every module it imports; nothing in the server is asked."""
@@ -17,7 +18,7 @@ from pg import wait_until
 from server import ECS_IMDS, free_port, get
 
 UNNEEDED = ("fastapi", "uvicorn", "starlette", "ecs_imds.control.console",
-            "ecs_imds.control.app", "httpx", "rich", "sqlite3")
+            "ecs_imds.control.app", "httpx", "rich", "sqlite3", "prometheus_client")
 
 
 def imported(stderr: str) -> set[str]:

@@ -10,6 +10,10 @@ before the fork. The first worker sums every worker's counters and histograms, a
 their gauges by what each means (the oldest snapshot version, the largest age, stale if any
 is). A slot is written under a sequence number (odd while being written), so a reader never
 takes half of one.
+
+`prometheus_client` is imported at the first scrape (or publication), not at start: a server
+that is never scraped (no API, one worker: the server beside each host) never loads it and
+the part of the standard library it brings (5 MB).
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
-
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from typing import TYPE_CHECKING, Any
 
 from ecs_imds.protocol.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 # How gauges of several workers combine (any other gauge is summed: memory, descriptors).
 _GAUGES: dict[str, Callable[[Iterable[float]], float]] = {
@@ -51,17 +55,26 @@ class Metrics:
         self.sources = sources
         self.board = board
         self.worker = worker
-        self._process = ProcessCollector(registry=None)
-        self.registry = CollectorRegistry()
-        self.registry.register(self)
+        self._registry: CollectorRegistry | None = None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+
+            self._registry = CollectorRegistry()
+            self._registry.register(self)
+        return self._registry
 
     def local(self) -> list[Metric]:
         """This process's metric families."""
+        from prometheus_client import ProcessCollector
+
         families: list[Metric] = []
         for source in self.sources():
             families += source.metrics()
         families += self._snapshot_gauges()
-        families += self._process.collect()
+        families += ProcessCollector(registry=None).collect()
         return families
 
     def collect(self) -> Iterator[Metric]:
@@ -73,6 +86,8 @@ class Metrics:
             workers += len(published)
             families = combine([families, *published])
         yield from families
+        from prometheus_client.core import GaugeMetricFamily
+
         count = GaugeMetricFamily("ecs_imds_workers", "Data plane processes counted here")
         count.add_metric([], workers)
         yield count
@@ -84,9 +99,14 @@ class Metrics:
             self.board.write(self.worker, self.local())
 
     def render(self) -> tuple[bytes, str]:
+        from prometheus_client import generate_latest
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     def _snapshot_gauges(self) -> list[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
         snap = self.snapshot()
         version = GaugeMetricFamily("ecs_imds_snapshot_version",
                                     "Store version the served snapshot was built from")
@@ -106,6 +126,8 @@ class Metrics:
 
 def counter(name: str, documentation: str, labels: list[str],
             values: dict[tuple[str, ...], float]) -> CounterMetricFamily:
+    from prometheus_client.core import CounterMetricFamily
+
     family = CounterMetricFamily(name, documentation, labels=labels)
     for key, value in sorted(values.items()):
         family.add_metric(list(key), value)
@@ -113,6 +135,8 @@ def counter(name: str, documentation: str, labels: list[str],
 
 
 def build_info() -> GaugeMetricFamily:
+    from prometheus_client.core import GaugeMetricFamily
+
     try:
         release = version("ecs-imds")
     except PackageNotFoundError:
@@ -126,6 +150,8 @@ def build_info() -> GaugeMetricFamily:
 def combine(workers: list[list[Metric]]) -> list[Metric]:
     """Several workers' families as one: samples with the same name and labels are summed,
     or, for the gauges of `_GAUGES`, combined as said there."""
+    from prometheus_client.core import Metric
+
     merged: dict[str, Metric] = {}
     values: dict[tuple[str, str, tuple[tuple[str, str], ...]], list[float]] = {}
     for families in workers:
@@ -177,6 +203,8 @@ class MetricsBoard:
             return None
         if before == 0:
             return None
+        from prometheus_client.core import Metric
+
         families = []
         for name, documentation, kind, samples in json.loads(data):
             family = Metric(name, documentation, kind)

@@ -29,8 +29,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-
-from prometheus_client.core import Metric
+from typing import TYPE_CHECKING
 
 from ecs_imds.dataplane.warnings import Warnings
 from ecs_imds.errors import CredentialError
@@ -51,6 +50,9 @@ from ecs_imds.protocol.decide import (
     throttled,
 )
 from ecs_imds.protocol.identity import IdentitySigner
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 log = logging.getLogger("ecs_imds.dataplane")
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator
-
-from prometheus_client.core import HistogramMetricFamily, Metric
+from typing import TYPE_CHECKING
 
 from ecs_imds.metrics import counter
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 # Upper bounds (seconds) of the latency histogram's buckets.
 BUCKETS = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1)
@@ -39,6 +41,8 @@ class Stats:
         self.responses[status] += 1
 
     def metrics(self) -> Iterator[Metric]:
+        from prometheus_client.core import HistogramMetricFamily  # at a scrape (see metrics)
+
         by_class: Counter[tuple[str, ...]] = Counter()
         for status, n in self.responses.items():
             by_class[(f"{status // 100}xx", str(status))] += n
