@@ -58,8 +58,9 @@ def start(workdir: Path, url: str, first: bool, launcher: Any = None) -> ServerP
     srv.port = port
     if first:
         srv.start(launcher)
-    else:
+    else:  # the fleet is in the store already: wait until it is served (the API comes first)
         srv.launch(launcher)
+        wait_until(lambda: readyz(srv)["ready"], timeout=60)
     return srv
 
 
