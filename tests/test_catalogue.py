@@ -19,10 +19,11 @@ from ecs_imds.protocol.catalogue import (
     Pool,
     Rendered,
     check_renders,
+    check_serves,
     exposable_tag,
     render,
 )
-from ecs_imds.protocol.model import Fleet, Instance, effective
+from ecs_imds.protocol.model import Fleet, FleetDefaults, Instance, effective
 from fleets import (
     EVENTS,
     EXPOSED_TAGS,
@@ -469,6 +470,40 @@ def test_required_values_missing_everywhere_are_named(missing: str) -> None:
     # ... and the instance may set it itself
     doc = plain_doc() | {missing: defaults_doc()[missing]}
     rendered(doc, defaults)
+
+
+_REQUIRED = ["instance-type", "region-id", "zone-id", "owner-account-id", "image-id"]
+
+
+def _outcome(check: Any) -> tuple[str, str] | None:
+    try:
+        check()
+    except ValidationError as exc:
+        return exc.field, exc.message
+    return None
+
+
+@given(instance_docs(), st.sets(st.sampled_from(_REQUIRED)), st.sets(st.sampled_from(_REQUIRED)),
+       st.booleans(), st.booleans())
+def test_the_cheap_check_refuses_what_rendering_refuses(
+        doc: dict[str, Any], unset: set[str], own: set[str], own_extra: bool,
+        fleet_extra: bool) -> None:
+    """check_serves (an import's check of each instance) raises exactly the error building
+    the tree would, or none when it builds: required values missing in any combination of
+    instance and defaults, with and without extra items on either."""
+    defaults = defaults_doc()
+    if not fleet_extra:
+        del defaults["extra"]
+    for name in unset:
+        del defaults[name]
+    doc |= {name: defaults_doc()[name] for name in own}
+    if not own_extra:
+        doc.pop("extra", None)
+    inst, fleet = Instance.from_doc(doc), FleetDefaults.from_doc(defaults)
+    rendering = _outcome(lambda: check_renders(inst, effective(inst, fleet)))
+    assert _outcome(lambda: check_serves(inst, fleet)) == rendering
+    if not (own_extra or fleet_extra):  # then a missing value is all that can stop it
+        assert (rendering is None) == (unset <= own)
 
 
 def test_pool_shares_equal_leaves_across_instances() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from ecs_imds.errors import AddressTaken, Conflict, InstanceNotFound, ValidationError
-from ecs_imds.protocol.catalogue import Pool, check_renders
+from ecs_imds.protocol.catalogue import Pool, check_renders, check_serves
 from ecs_imds.protocol.model import Fleet, FleetDefaults, Instance, canonical_ipv6, effective
 from ecs_imds.store import Store, StoredInstance
 
@@ -30,7 +30,7 @@ def validate(defaults: FleetDefaults, instances: Sequence[Instance], where: str 
     pool = Pool()
     for i, inst in enumerate(instances):
         try:
-            check_renders(inst, effective(inst, defaults), pool)
+            check_serves(inst, defaults, pool)
         except ValidationError as exc:
             raise ValidationError(f"{where}[{i}] ({inst.instance_id})." +
                                   exc.field.split(".", 1)[-1], exc.message) from None

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ecs_imds.errors import ValidationError
-from ecs_imds.protocol.model import Effective, Instance, MetadataOptions
+from ecs_imds.protocol.model import Effective, FleetDefaults, Instance, MetadataOptions, effective
 
 TEXT = b"text/plain; charset=utf-8"
 JSON = b"application/json"
@@ -263,8 +263,12 @@ def exposable_tag(key: str) -> bool:
 
 def _required(value: str | None, name: str) -> str:
     if value is None:
-        raise ValidationError(name, "is required: set it on the instance or in defaults")
+        raise _missing(name)
     return value
+
+
+def _missing(name: str) -> ValidationError:
+    return ValidationError(name, "is required: set it on the instance or in defaults")
 
 
 def _add_extra(pool: Pool, tree: dict[str, Node], path: str, value: str) -> None:
@@ -388,3 +392,26 @@ def check_renders(instance: Instance, e: Effective, pool: Pool | None = None) ->
         raise exc.within(f"instance {instance.instance_id}") from None
 
 
+
+
+# The values `_meta_data` requires (the instance's own or inherited), in the order it asks.
+_REQUIRED = (("instance_type", "instance-type"), ("region_id", "region-id"),
+             ("zone_id", "zone-id"), ("owner_account_id", "owner-account-id"),
+             ("image_id", "image-id"))
+
+
+def check_serves(instance: Instance, defaults: FleetDefaults, pool: Pool | None = None
+                 ) -> None:
+    """`check_renders(instance, effective(instance, defaults), pool)`, without building the
+    tree when nothing can be in its way: every value was checked when the instance was read,
+    so without extra items (which may collide with the tree's own) all that rendering can
+    still refuse is a required value that neither the instance nor the defaults set — the
+    same error, found in the same order, for a fraction of the cost (an import of 100,000
+    instances checks each one). With extra items, the tree is built."""
+    if instance.extra or defaults.extra:
+        check_renders(instance, effective(instance, defaults), pool)
+        return
+    own, inherited = instance.values, defaults.values
+    for attr, name in _REQUIRED:
+        if getattr(own, attr) is None and getattr(inherited, attr) is None:
+            raise _missing(name).within(f"instance {instance.instance_id}")
