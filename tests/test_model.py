@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -271,6 +272,39 @@ def test_private_ip_outside_its_vswitch_refused() -> None:
     err = parse_fails(doc, f"instance {RICH_ID}.network-interfaces[0].private-ipv4s[3]")
     assert "10.0.9.9 is outside 10.0.0.0/24" in err.message
 
+
+
+_VSWITCH = ipaddress.IPv4Network("10.96.0.0/11")
+
+
+_OCTETS = ["0", "00", "01", "010", "1", "9", "10", "99", "100", "199", "200", "249", "250",
+           "255", "256", "260", "300", "999", "1000", "", "\u0663", " 1", "+1", "0x1"]
+
+
+@given(st.lists(st.sampled_from(_OCTETS), min_size=1, max_size=5).map(".".join)
+       | st.ip_addresses(v=4).map(str)
+       | st.ip_addresses(network=_VSWITCH).map(str))
+def test_private_addresses_are_read_as_ipaddress_reads_them(ip: str) -> None:
+    """Addresses are recognised by a regex and placed by arithmetic, not by ipaddress: the
+    same addresses are refused, with ipaddress's own complaint, and the same ones placed
+    inside the vSwitch."""
+    nic = {"mac": "00:16:3e:0a:00:01", "network-interface-id": "eni-1", "vpc-id": "vpc-1",
+           "vswitch-id": "vsw-1", "private-ipv4s": [ip], "vswitch-cidr-block": str(_VSWITCH),
+           "vpc-cidr-block": "10.0.0.0/8"}
+    where = "nic.private-ipv4s[0]"
+    try:
+        inside = ipaddress.IPv4Address(ip) in _VSWITCH
+    except ValueError as exc:
+        with pytest.raises(ValidationError) as info:
+            NetworkInterface.from_doc(nic, "nic")
+        assert (info.value.field, info.value.message) == (where, str(exc))
+        return
+    if inside:
+        assert NetworkInterface.from_doc(nic, "nic").private_ipv4s == (ip,)
+    else:
+        with pytest.raises(ValidationError) as info:
+            NetworkInterface.from_doc(nic, "nic")
+        assert (info.value.field, info.value.message) == (where, f"{ip} is outside {_VSWITCH}")
 
 def test_vswitch_outside_its_vpc_refused() -> None:
     doc = rich_doc()
