@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import re
 import threading
 from typing import Any
 
@@ -84,23 +85,44 @@ def test_pauses_nest_and_the_collector_runs_again_after_the_last() -> None:
 
 
 def _brackets_in_one_pass(body: bytes) -> bytes:
-    return limits._STRING.sub(b"", body).translate(None, limits._NOT_BRACKETS)
+    """The reference: every string cut out by one regex (a string left open runs to the end
+    of the text), then every byte but the brackets."""
+    strings = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+    return strings.sub(b"", body).translate(None, bytes(b for b in range(256)
+                                                        if b not in b"[]{}"))
 
 
-@given(st.lists(st.sampled_from([b"{", b"}", b"[", b"]", b'"', b"\\", b"a", b"\n", b":",
-                                 b"x" * 5000, b'"{[', b'\\"']), max_size=2000))
-def test_brackets_a_slice_at_a_time_are_those_of_one_pass(pieces: list[bytes]) -> None:
+# Strings full of what the scan must not take for structure: quotes, backslashes (runs of
+# them, escaping a quote or another backslash), brackets.
+_tricky = st.text(alphabet='"\\[]{}a/\n', max_size=12) | st.text(max_size=5)
+_tricky_values = st.recursive(
+    st.none() | st.integers() | _tricky,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_tricky, inner, max_size=4),
+    max_leaves=30)
+
+
+@given(_tricky_values, st.sampled_from([1, 2, 3, 5, 16, limits.SCAN_SLICE]), st.booleans())
+def test_brackets_of_json_a_slice_at_a_time_are_those_of_one_pass(
+        value: Any, size: int, ascii_: bool) -> None:
+    """Slices of any size, cut anywhere (in a run of backslashes, between an escape and a
+    quote, inside a string holding brackets): the brackets of one pass."""
+    body = json.dumps(value, ensure_ascii=ascii_).encode()
+    assert limits.brackets_of(body, size) == _brackets_in_one_pass(body)
+
+
+@given(st.lists(st.sampled_from([b"{", b"}", b"[", b"]", b'"', b"a", b"\n", b":",
+                                 b"x" * 5000, b'"{[', b'"[]"']), max_size=2000),
+       st.sampled_from([1, 7, 4096, limits.SCAN_SLICE]))
+def test_brackets_of_any_text_without_escapes_are_those_of_one_pass(
+        pieces: list[bytes], size: int) -> None:
+    """Not JSON (strings left open, brackets that do not pair up) but without backslashes:
+    still the brackets of one pass."""
     body = b"".join(pieces)
-    assert limits.brackets_of(body) == _brackets_in_one_pass(body)
+    assert limits.brackets_of(body, size) == _brackets_in_one_pass(body)
 
 
-def test_a_fleet_file_is_scanned_in_many_slices() -> None:
-    body = json.dumps({"instances": [{"instance-id": f"i-{n}", "tags": {"k": "{[\"]}"}}
+def test_a_fleet_file_nests_six_levels() -> None:
+    body = json.dumps({"instances": [{"instance-id": f"i-{n}", "tags": {"k": "{[\"]}\\"}}
                                      for n in range(5000)]}).encode()
-    assert limits.brackets_of(body) == _brackets_in_one_pass(body)
-    slices = 0
-    pos = 0
-    while (piece := limits._SLICE.match(body, pos)) is not None and pos < len(body):
-        slices, pos = slices + 1, piece.end()
-    assert slices > 50  # the GIL is let go between them
+    assert limits.brackets_of(body, 4096) == _brackets_in_one_pass(body)
     assert not limits.nested_deeper(body) and limits.nested_deeper(b"[" * 40 + b"]" * 40)

@@ -11,36 +11,43 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Fleet files nest six levels (fleet, instances, instance, interfaces, interface, addresses).
 MAX_DEPTH = 32
 
-# A string, or what is left of the text after an unterminated one: a match never fails
-# once it has begun, so the scan never starts again inside a string (linear, not quadratic).
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# A body is scanned this many bytes at a time (a little more, to end past an escape), the
+# GIL let go between slices (each holds it about a millisecond): the data plane's event
+# loop runs meanwhile.
+SCAN_SLICE = 256 * 1024
+_NOT_MARKS = bytes(b for b in range(256) if b not in b'"[]{}')
 
 
-# Up to 256 pieces, each a whole string or a run of other bytes: a match never ends inside
-# a string, so the text can be taken a slice at a time, and the GIL let go between slices
-# (one regex call over a 15 MB fleet file holds it for 0.3 s: the data plane's loop too).
-_SLICE = re.compile(rb'(?:[^"]{1,4096}|"[^"\\]*(?:\\.[^"\\]*)*"){1,256}', re.DOTALL)
-
-
-def brackets_of(body: bytes) -> bytes:
+def brackets_of(body: bytes, size: int = SCAN_SLICE) -> bytes:
     """The brackets of a JSON text outside its strings, in order (a string left open runs
-    to the end of the text), found a slice at a time."""
-    parts = []
+    to the end of the text), found a slice at a time with bytes methods, not a regex (a
+    78 MB fleet file: 0.3 s, not 2 s). In a slice, escapes go first (a backslash and the
+    byte after it: `\\\\` pairs, then `\\"`, each in one left-to-right pass; a slice
+    never ends on a backslash, so never inside an escape), then every byte but quotes and
+    brackets, then each two adjacent quotes (a string without brackets, or the seam
+    between two strings with none between them); what is left is split at its quotes,
+    every other piece outside a string. JSON has backslashes only in strings; in a text
+    that is not JSON they may pair up otherwise than a parser would, and one or the other
+    refuses the text."""
+    parts: list[bytes] = []
+    inside = 0  # whether the slice begins inside a string
     pos, end = 0, len(body)
     while pos < end:
-        piece = _SLICE.match(body, pos)
-        if piece is None:  # a string that never ends: the rest is inside it
-            break
-        parts.append(_STRING.sub(b"", piece.group()).translate(None, _NOT_BRACKETS))
-        pos = piece.end()
+        cut = min(pos + size, end)
+        while cut < end and body[cut - 1] == 0x5C:  # a backslash: the escape goes on
+            cut += 1
+        marks = (body[pos:cut].replace(b"\\\\", b"").replace(b'\\"', b"")
+                 .translate(None, _NOT_MARKS).replace(b'""', b""))
+        pieces = marks.split(b'"')
+        parts += pieces[inside::2]
+        inside ^= (len(pieces) - 1) & 1
+        pos = cut
     return b"".join(parts)
 
 
@@ -58,7 +65,7 @@ def nested_deeper(body: bytes, depth: int = MAX_DEPTH) -> bool:
 
 
 # Bodies longer than this are scanned on a thread, a slice at a time: a fleet file of
-# 100,000 instances (78 MB) takes a second or two.
+# 100,000 instances (78 MB) takes about 0.3 s.
 SCAN_ON_LOOP = 64 * 1024
 
 
