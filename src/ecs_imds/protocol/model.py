@@ -71,6 +71,10 @@ class _Reader:
         value = self.doc.get(key)
         if value is None and not required:  # most optional fields are not given
             return None
+        if (type(value) is str and 0 < len(value) <= max_len and check is None
+                and not (_LINE_BREAKS if text else _CONTROL).search(value)
+                and (pattern is None or pattern.fullmatch(value))):
+            return value  # the common case, without a second call; else say what is wrong
         return self.check_string(key, value, pattern, required, check, max_len, numeric, text)
 
     def check_string(self, key: str | int, value: Any, pattern: re.Pattern[str] | None,
