@@ -48,6 +48,7 @@ from ecs_imds.store.base import (
     touched,
     within,
 )
+from ecs_imds.store.base import dump as _dump
 from ecs_imds.store.pgpool import Connection, Pool, connection_params, redact
 from ecs_imds.store.retry import Backoff
 
@@ -156,10 +157,6 @@ WHERE s.key = 'version'
 """
 _HEAD = ("SELECT s.value, c.stamp FROM state s LEFT JOIN commits c ON c.version = s.value "
          "WHERE s.key = 'version'")
-
-
-def _dump(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
 
 
 def _not_now(exc: psycopg.OperationalError) -> bool:

@@ -39,6 +39,7 @@ from ecs_imds.store.base import (
     touched,
     within,
 )
+from ecs_imds.store.base import dump as _dump
 
 # PRAGMA synchronous for every connection (see the module's docstring).
 SYNCHRONOUS = "FULL"
@@ -83,10 +84,6 @@ SCHEMA_VERSION = 4
 _UPSERT = ("INSERT INTO instances (instance_id, doc, revision, host) VALUES (?, ?, ?, ?) "
            "ON CONFLICT (instance_id) DO UPDATE "
            "SET doc = excluded.doc, revision = excluded.revision, host = excluded.host")
-
-
-def _dump(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
 
 
 def _marks(values: Iterable[Any]) -> str:
