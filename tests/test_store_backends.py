@@ -147,6 +147,15 @@ def test_write_fleet_versions_and_revisions(store: Store) -> None:
     assert store.revisions() == {}
 
 
+
+def test_a_batch_of_new_and_held_instances_keeps_the_order_of_first_insertion(
+        store: Store) -> None:
+    store.write_fleet(None, [{"instance-id": "i-b", "n": 1}, {"instance-id": "i-d", "n": 1}])
+    batch = [{"instance-id": i, "n": 2} for i in ("i-e", "i-d", "i-a", "i-b", "i-c")]
+    assert store.write_fleet(None, batch) == 2
+    assert [(s.instance_id, s.doc["n"], s.revision) for s in store.load_instances()] == [
+        ("i-b", 2, 2), ("i-d", 2, 2), ("i-e", 2, 2), ("i-a", 2, 2), ("i-c", 2, 2)]
+
 def test_load_instances_by_id(store: Store) -> None:
     docs = [{"instance-id": f"i-{n:04d}"} for n in range(1203)]
     store.write_fleet(None, docs)
