@@ -1,6 +1,7 @@
 """Large request bodies are parsed a piece at a time (control/jsonbody.py), giving the same
 document and the same refusals as json.loads, and their nesting is checked a slice at a time
-(control/limits.py) with the same result as one pass; the collector's pauses nest."""
+(control/limits.py) with the same result as one pass over any JSON text (and any text without
+backslashes); the collector's pauses nest."""
 
 from __future__ import annotations
 
