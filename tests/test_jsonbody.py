@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ecs_imds.collector import paused
+from ecs_imds.collector import paused, release
 from ecs_imds.control import jsonbody, limits
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
@@ -84,6 +84,13 @@ def test_pauses_nest_and_the_collector_runs_again_after_the_last() -> None:
     finally:
         gc.enable()
 
+
+
+def test_a_large_list_is_released_an_item_at_a_time() -> None:
+    inner = [{"instance-id": f"i-{n}"} for n in range(1000)]
+    items = list(inner)
+    release(items)
+    assert items == [] and len(inner) == 1000  # emptied; what else holds its items is kept
 
 def _brackets_in_one_pass(body: bytes) -> bytes:
     """The reference: every string cut out by one regex (a string left open runs to the end

@@ -23,6 +23,7 @@ import gc
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 _lock = threading.Lock()
 _paused = 0
@@ -48,3 +49,12 @@ def paused(freeze: bool = False) -> Iterator[None]:
             _paused -= 1
             if _paused == 0 and _was_enabled:
                 gc.enable()
+
+
+def release(items: list[Any]) -> None:
+    """Empty a large list an item at a time. Freeing a list whole is one C call, which
+    holds the GIL until the last object below it is freed (a fleet file's 100,000 parsed
+    instances: 0.3 s, the data plane's event loop stopped meanwhile); item by item, the
+    interpreter can switch threads between items."""
+    while items:
+        items.pop()

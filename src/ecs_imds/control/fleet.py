@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ecs_imds.collector import release
 from ecs_imds.errors import AddressTaken, Conflict, InstanceNotFound, ValidationError
 from ecs_imds.protocol.catalogue import Pool, check_renders, check_serves
 from ecs_imds.protocol.model import Fleet, FleetDefaults, Instance, canonical_ipv6, effective
@@ -113,11 +114,13 @@ def import_fleet(store: Store, doc: Any, replace: bool = False,
         validate(defaults, [Instance.from_doc(s.doc) for s in store.load_instances()
                             if s.instance_id not in given], "stored instances")
     progress("write", 0, total)
+    docs = [i.to_doc() for i in fleet.instances]
     try:
-        version = store.write_fleet(after, [i.to_doc() for i in fleet.instances],
-                                    replace=replace, note=note)
+        version = store.write_fleet(after, docs, replace=replace, note=note)
     except AddressTaken as exc:
         raise address_taken(exc, fleet.instances, "instances") from None
+    finally:
+        release(docs)
     progress("write", total, total)
     return version
 
