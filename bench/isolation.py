@@ -1,6 +1,6 @@
 """`make bench` (part): one hostile instance against the others, measured (issue 9, SPEC §8).
 
-    python bench/isolation.py [--workers 1,2] [--quick] [--out BENCHMARKS.md]
+    python bench/isolation.py [--workers 1,2] [--quick] [--only WORDS] [--out BENCHMARKS.md]
 
 A real server (SQLite, the default limits, `--workers N`) serves a fleet on loopback, its
 instances told apart by their source address (tests/attacks.py). The victim, instance B,
@@ -377,7 +377,7 @@ def phase(h: Hostile, name: str, seconds: float,
     return row
 
 
-def run(workers: int, seconds: float, work: Path) -> list[Row]:
+def run(workers: int, seconds: float, work: Path, only: str = "") -> list[Row]:
     names = [VICTIM, ATTACKER]
     h = start("workers2" if workers == 2 else "sqlite", work, names,
               broker_sleep=BROKER_SLEEP, unknown=2)
@@ -387,6 +387,8 @@ def run(workers: int, seconds: float, work: Path) -> list[Row]:
                 h.net.get(VICTIM, ID)
         rows = [phase(h, "quiet", seconds, None)]
         for name, attack in ATTACKS:
+            if only not in name:
+                continue
             # The broker's first answer takes its 10 s: the phase lasts past it.
             length = max(seconds, BROKER_SLEEP + 3) if attack is slow_broker else seconds
             rows.append(phase(h, name, length, attack))
@@ -446,6 +448,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", default="1,2", help="worker counts to run, e.g. 1,2")
     parser.add_argument("--quick", action="store_true", help="6 s phases instead of 15 s")
+    parser.add_argument("--only", default="", metavar="WORDS",
+                        help="only the attacks whose name has WORDS, e.g. 'never read' (the "
+                             "quiet phase is always run; BENCHMARKS.md is left alone)")
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     opts = parser.parse_args()
     if os.geteuid() != 0:
@@ -461,13 +466,14 @@ def main() -> None:
         print(f"--workers {workers}", flush=True)
         work = Path(tempfile.mkdtemp(prefix="ecs-imds-isolation-"))
         try:
-            results[workers] = run(workers, seconds, work)
+            results[workers] = run(workers, seconds, work, opts.only)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     text = report(results, seconds, command, load)
     print(text)
-    write(opts.out, text)
-    print(f"written to {opts.out}")
+    if not opts.only:  # a table of some attacks only is no table for BENCHMARKS.md
+        write(opts.out, text)
+        print(f"written to {opts.out}")
 
 
 if __name__ == "__main__":
