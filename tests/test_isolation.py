@@ -36,8 +36,8 @@ ID = "/latest/meta-data/instance-id"
 CAP = 64  # connections per source (per worker: 32 each with two)
 LIMITS = {"rate": 100, "burst": 200, "idle-timeout": 60, "request-timeout": 60}
 # Every instance a test of the shared server uses, each for one test only (b: the victim).
-NAMES = ["b", "cap", "lines", "pipe", "slowq", "slowo", "slowh", "slowa", "slowr", "stale",
-         "flood", "off1", "off2", "up", "proxied"]
+NAMES = ["b", "cap", "lines", "pipe", "paused", "slowq", "slowo", "slowh", "slowa", "slowr",
+         "stale", "flood", "off1", "off2", "up", "proxied"]
 
 
 # The variants, marked as conftest.py's markers say (namespaces need root).
@@ -220,6 +220,39 @@ def test_pipelining_without_reading_is_cut_off_past_the_write_buffer(hostile: Ho
     assert how == "reset"
     assert warnings_of(hostile, r"cut off a connection from \S+ on \S+: its answers are not "
                                 r"read")
+    victim_is_served(hostile.net)
+
+
+def test_a_peer_whose_answers_back_up_in_its_first_read_is_read_no_further(hostile: Hostile
+                                                                          ) -> None:
+    """Its first read (the one taken with the connection) asks for more than the kernel
+    takes, so that reading pauses, but for less than the write buffer's bound; then it
+    sends one request at a time and reads nothing. Nothing more is read from it until it
+    reads: a server that read on (uvloop starts reading after `connection_made`, undoing a
+    pause made in it) answered each lone request with no look at the bound — it is checked
+    where pipelined requests are parsed — and cut the connection off only when requests
+    came together, long past it (the peer that never sends two at once: never)."""
+    sock = hostile.net.connect("paused", rcvbuf=4096)
+    one = request("/latest/user-data", close=False)
+    sock.sendall(one * 16)  # ~240 KB of answers: a 128 KB send buffer, then ours
+    select.select([sock], [], [], 10)  # it was answered: the server has that first read
+    sock.sendall(one)  # a read that may still be taken, and answered
+    time.sleep(0.3)
+    for _ in range(8):  # each one alone (a read of its own, if the server reads on)
+        sock.sendall(one)
+        time.sleep(0.02)
+    # 13 answers (195 KB) on top of the first read's, at least 104 KB not in the kernel:
+    # past the bound as they are parsed, for a server that read on; cut off then.
+    sock.sendall(one * 4)
+    time.sleep(1)
+    assert tcp_state(sock) == TCP_ESTABLISHED
+    sock.settimeout(3)
+    # Once it reads, the rest is read (12 requests at once, 180 KB: within the bound) and
+    # every answer comes, in order.
+    responses, how = responses_of(sock)
+    assert how == "open"
+    assert [(s, b[:11]) for s, _, b in responses] == [(200, b"#cloud-conf")] * 29
+    sock.close()
     victim_is_served(hostile.net)
 
 

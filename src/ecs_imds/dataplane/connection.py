@@ -80,7 +80,8 @@ def _unacknowledged(transport: asyncio.Transport) -> int:
 class HttpConnection(asyncio.Protocol):
     __slots__ = ("_body_size", "_busy", "_caller", "_close_after", "_closing", "_first",
                  "_front", "_header_size", "_headers", "_hop_limited", "_in_body", "_method",
-                 "_partial", "_queue", "_queued", "_snapshot", "_timed", "_url", "access_log",
+                 "_partial", "_queue", "_queued", "_snapshot", "_timed", "_url",
+                 "_write_paused", "access_log",
                  "deadline", "listener", "parser", "peer_ip", "plane", "source", "transport")
 
     def __init__(self, plane: DataPlane, listener: ListenerState, peer_ip: str = "",
@@ -111,6 +112,7 @@ class HttpConnection(asyncio.Protocol):
         self._queue: deque[bytes | tuple[Pending, Request, bool]] | None = None
         self._queued = 0  # bytes of the answers in the queue (a pending one: PENDING_SIZE)
         self._closing = False
+        self._write_paused = False  # between pause_writing and resume_writing
         self._close_after = False  # close once the queue is out
         self._hop_limited = False
         self._snapshot: Snapshot | None = None  # the caller, as found in this snapshot
@@ -137,6 +139,14 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._write_paused and self.transport is not None:
+            # Reading was paused with writing, yet here is a read: uvloop starts reading
+            # after `connection_made` whatever was paused in it (as when the first bytes,
+            # read with the connection, asked for more than the kernel takes). Without
+            # this it would read on, and a lone request is answered without a look at
+            # the write buffer's bound (only the parser's path has one): a peer sending
+            # one request at a time grew its buffer without end.
+            self.transport.pause_reading()
         if self._front is not None:
             data = self._front.read(self, data)
             if not data:
@@ -162,10 +172,12 @@ class HttpConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The peer is not reading: read no more requests from it (its deadline runs on)."""
+        self._write_paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._write_paused = False
         if self.transport is not None and not self._closing and self._queue is None:
             self.transport.resume_reading()
 
@@ -408,7 +420,8 @@ class HttpConnection(asyncio.Protocol):
             self._close()
         elif self.transport is not None:
             self.deadline = time.monotonic() + self.plane.limits.idle_timeout
-            self.transport.resume_reading()
+            if not self._write_paused:  # else resume_writing resumes reading
+                self.transport.resume_reading()
 
     # -- closing -------------------------------------------------------------------------
     def _reject(self, status: int) -> None:
