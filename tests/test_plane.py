@@ -5,6 +5,7 @@ from __future__ import annotations
 from ipaddress import ip_network
 
 from ecs_imds.config import Limits
+from ecs_imds.dataplane.memory import CHURN
 from ecs_imds.dataplane.plane import ListenerState
 from ecs_imds.demo import DEMO_VPC, demo_fleet
 from ecs_imds.protocol.catalogue import Leaf
@@ -62,3 +63,16 @@ def test_the_total_stays_below_the_descriptor_limit() -> None:
     plane = plane_of(Limits(max_connections=10**9))
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert plane.max_connections < soft  # raised to the hard limit, minus a reserve
+
+
+def test_connections_that_end_with_answers_backed_up_are_a_burst_sooner() -> None:
+    """A peer that never reads holds its 64 connections, each with up to the write buffer
+    unsent, and lets them go at once: that is memory worth giving back, as much as many
+    times more ordinary connections leave."""
+    plane = plane_of()
+    for _ in range(64):
+        assert plane.admit("10.0.0.1", LISTENER)
+    for n in range(64):
+        plane.release("10.0.0.1", backed_up=n % 2 == 0)
+    assert plane.trimmer.ended >= CHURN > 64  # the sweeper's next tick trims
+    assert plane.open == 0 and plane.per_source == {}

@@ -491,3 +491,9 @@ class HttpConnection(asyncio.Protocol):
     def caller(self) -> Rendered | None:
         return self._caller
 
+    @property
+    def backed_up(self) -> bool:
+        """Whether its writing is paused: more of its answers unsent than the transport's
+        high-water mark (what it ends with is worth giving back: `memory.Trimmer`)."""
+        return self._write_paused
+

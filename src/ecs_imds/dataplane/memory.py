@@ -4,7 +4,8 @@ A burst of connections — a flood, hundreds of peers cut off with answers unrea
 it used, but the C allocator keeps the freed heap for later: the server's resident memory
 would stay at the burst's high-water mark for good. glibc's `malloc_trim` hands it back to
 the system. It runs in a thread of its own (a ctypes call releases the GIL), never on the
-event loop, and only around a burst — connections ending in numbers: at most once a second
+event loop, and only around a burst — connections ending in numbers, or fewer that had
+answers backed up (`BACKED_UP`): at most once a second
 while it lasts and for `tail` seconds after it (the burst's last connections may live until
 their deadline), each time some connection ended since the trim before. Where the C library
 has no `malloc_trim` (musl, macOS) nothing is done.
@@ -22,6 +23,12 @@ from collections.abc import Callable
 # trims (a trim walks the heap: a few milliseconds, off the loop).
 CHURN = 256
 INTERVAL = 1.0
+# What one connection ended with its answers backed up (its writing paused: more than the
+# transport's high-water mark of 64 KiB unsent, up to `limits.write-buffer`) counts as:
+# an ordinary one leaves a few KiB. Without it, the 64 connections a peer that never reads
+# may hold per worker, each let go with up to 256 KiB, were not a burst: the 15 MB they
+# had used stayed with the process for good.
+BACKED_UP = 16
 
 
 def _malloc_trim() -> Callable[[], None] | None:
@@ -37,8 +44,8 @@ def _malloc_trim() -> Callable[[], None] | None:
 
 
 class Trimmer:
-    """Counts connections that ended (`ended`); `tick()`, from the sweeper, trims during a
-    burst and for `tail` seconds after it."""
+    """Counts connections that ended (`ended`, one with answers backed up as `BACKED_UP`);
+    `tick()`, from the sweeper, trims during a burst and for `tail` seconds after it."""
 
     def __init__(self, tail: float, trim: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:

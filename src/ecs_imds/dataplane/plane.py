@@ -29,7 +29,7 @@ from ecs_imds.dataplane.accept import accept_ready
 from ecs_imds.dataplane.connection import HttpConnection
 from ecs_imds.dataplane.fastpath import SimpleRequests
 from ecs_imds.dataplane.fulfil import Fulfiller
-from ecs_imds.dataplane.memory import Trimmer
+from ecs_imds.dataplane.memory import BACKED_UP, Trimmer
 from ecs_imds.dataplane.proxy import ProxyFront
 from ecs_imds.dataplane.stats import Stats
 from ecs_imds.dataplane.warnings import Warnings
@@ -195,9 +195,11 @@ class DataPlane:
         self.open += 1
         return True
 
-    def release(self, source: str) -> None:
+    def release(self, source: str, backed_up: bool = False) -> None:
+        """A connection admitted has ended; `backed_up`: with answers unsent past the
+        transport's high-water mark (memory worth giving back)."""
         self.open -= 1
-        self.trimmer.ended += 1
+        self.trimmer.ended += BACKED_UP if backed_up else 1
         left = self.per_source.pop(source, 1) - 1
         if left > 0:
             self.per_source[source] = left
@@ -216,7 +218,7 @@ class DataPlane:
         """A connection ended (connection_lost)."""
         if conn in self.connections:
             self.connections.discard(conn)
-            self.release(conn.source)
+            self.release(conn.source, conn.backed_up)
 
     def _log_access(self, conn: HttpConnection, req: Request | None, status: int,
                     sent: int) -> None:
