@@ -6,7 +6,8 @@ goes through httptools. Both build the same `Request` and call the same `decide`
 answer is written by the one writer (`protocol.response`). Every request is answered as
 soon as it is complete, in order: an answer that must wait (RAM credentials not cached yet,
 a signature being made) holds the answers after it in a queue, and reading pauses until it
-is out.
+is out. A read of many pipelined requests is parsed a slice (`PARSE_SLICE`) per turn of the
+event loop, so that one connection never holds up the others' answers.
 
 The caller is identified from the listener's VPC and the peer address (never a header),
 against whichever snapshot is current at that moment, once per snapshot per connection.
