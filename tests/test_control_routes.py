@@ -109,6 +109,7 @@ def test_store_calls_run_on_the_control_planes_own_threads(ctx: ControlContext) 
     (instances.router, "DELETE", f"/v1/instances/{WEB}", None, "delete"),
     (tokens.router, "POST", "/v1/api-tokens", {"Name": "ci"}, "issue-api-token"),
     (keys.router, "POST", "/v1/keys/token/rotate", None, "rotate-token-key"),
+    (fleet.router, "POST", "/v1/fleet", demo_fleet(), "import"),
 ])
 def test_audit_lines_are_written_on_the_control_planes_threads(
         ctx: ControlContext, router: APIRouter, method: str, path: str, body: Any,

@@ -12,7 +12,6 @@ error, so a client can show progress of the server's work, not only of the uploa
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import re
@@ -145,26 +144,27 @@ async def import_fleet(
     doc = await read_json(request)
     if dry_run:
         return JSONResponse(await ctx.run(fleet.plan_import, ctx.store, doc, replace))
-    work = functools.partial(_import, ctx.store, doc, replace, idempotency_key, body)
+    who = principal(request).name
+
+    def work(progress: fleet.Progress) -> tuple[s.ImportResult, bool]:
+        """The import and its audit line, on a store thread: the line is written before
+        the answer, and also when the client went away meanwhile."""
+        result, again = _import(ctx.store, doc, replace, idempotency_key, body, progress)
+        if not again:
+            ctx.audit.record(who, "import", "fleet", instances=result.Instances,
+                             replace=replace)
+        return result, again
+
     if NDJSON in request.headers.get("accept", ""):
-        return StreamingResponse(_streamed(ctx, request, work, replace, idempotency_key),
+        return StreamingResponse(_streamed(ctx, work, idempotency_key),
                                  media_type=NDJSON)
     _claim(idempotency_key)
     try:
         result, again = await ctx.run(work, fleet.no_progress)
     finally:
         _IN_FLIGHT.discard(idempotency_key or "")
-    _audit(ctx, request, result, again, replace)
     return JSONResponse(result.model_dump(),
                         headers={"Idempotent-Replayed": "true"} if again else None)
-
-
-def _audit(ctx: ControlContext, request: Request, result: s.ImportResult, again: bool,
-           replace: bool) -> None:
-    """The import's audit line, handed to a store thread (written in order, off the loop)."""
-    if not again:
-        ctx.executor.submit(ctx.audit.record, principal(request).name, "import", "fleet",
-                            instances=result.Instances, replace=replace)
 
 
 # Keys of the imports running in this server: a client that lost its answer may send the
@@ -182,9 +182,9 @@ def _claim(key: str | None) -> None:
         _IN_FLIGHT.add(key)
 
 
-async def _streamed(ctx: ControlContext, request: Request,
+async def _streamed(ctx: ControlContext,
                     work: Callable[[fleet.Progress], tuple[s.ImportResult, bool]],
-                    replace: bool, key: str | None) -> AsyncIterator[bytes]:
+                    key: str | None) -> AsyncIterator[bytes]:
     """The import's stages as they happen, a JSON line each (at most ten a second), then
     `{"Result": …}` or `{"Error": {"Status", "Code", "Message"}}`."""
     loop = asyncio.get_running_loop()
@@ -204,13 +204,8 @@ async def _streamed(ctx: ControlContext, request: Request,
         return
     task = asyncio.ensure_future(ctx.run(work, progress))
 
-    def audit(done: asyncio.Future[tuple[s.ImportResult, bool]]) -> None:
-        """Audited (and no longer running) when done, even if the client has gone away."""
-        _IN_FLIGHT.discard(key or "")
-        if not done.cancelled() and done.exception() is None:
-            _audit(ctx, request, *done.result(), replace)
-
-    task.add_done_callback(audit)
+    # No longer running when done, even if the client has gone away (audited by `work`).
+    task.add_done_callback(lambda _: _IN_FLIGHT.discard(key or ""))
     while not task.done() or not stages.empty():
         waiting = asyncio.ensure_future(stages.get())
         await asyncio.wait([task, waiting], return_when=asyncio.FIRST_COMPLETED)
