@@ -2,8 +2,8 @@
 
 A fleet file or change that fails validation leaves the store exactly as it was. A write
 costs the same in a fleet of a thousand instances as in one of a hundred thousand: it reads
-and writes only what it changes, renders the instance once (to check it can be served),
-and leaves the uniqueness of addresses to the store's index, which names the instance that
+and writes only what it changes, checks it can be served (`catalogue.check_serves`), and
+leaves the uniqueness of addresses to the store's index, which names the instance that
 holds an address already.
 """
 
@@ -18,8 +18,8 @@ import yaml
 
 from ecs_imds.collector import release
 from ecs_imds.errors import AddressTaken, Conflict, InstanceNotFound, ValidationError
-from ecs_imds.protocol.catalogue import Pool, check_renders, check_serves
-from ecs_imds.protocol.model import Fleet, FleetDefaults, Instance, canonical_ipv6, effective
+from ecs_imds.protocol.catalogue import Pool, check_serves
+from ecs_imds.protocol.model import Fleet, FleetDefaults, Instance, canonical_ipv6
 from ecs_imds.store import Store, StoredInstance
 
 
@@ -175,7 +175,7 @@ def write_instance(store: Store, doc: Any, expect: int | None) -> tuple[Instance
     (0: a new instance). Returns it in canonical form and its revision."""
     inst = Instance.from_doc(doc)
     try:
-        check_renders(inst, effective(inst, _defaults(store)))
+        check_serves(inst, _defaults(store))
     except ValidationError as exc:
         raise ValidationError(exc.field.split(".", 1)[-1], exc.message) from None
     try:

@@ -551,4 +551,3 @@ class HttpConnection(asyncio.Protocol):
         """Whether its writing is paused: more of its answers unsent than the transport's
         high-water mark (what it ends with is worth giving back: `memory.Trimmer`)."""
         return self._write_paused
-

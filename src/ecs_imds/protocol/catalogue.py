@@ -392,8 +392,6 @@ def check_renders(instance: Instance, e: Effective, pool: Pool | None = None) ->
         raise exc.within(f"instance {instance.instance_id}") from None
 
 
-
-
 # The values `_meta_data` requires (the instance's own or inherited), in the order it asks.
 _REQUIRED = (("instance_type", "instance-type"), ("region_id", "region-id"),
              ("zone_id", "zone-id"), ("owner_account_id", "owner-account-id"),
