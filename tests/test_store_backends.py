@@ -567,3 +567,28 @@ def test_unreachable_database_is_a_clear_error(postgres: PostgresCluster) -> Non
     with pytest.raises(StoreUnavailable, match="nosuchdb"):
         open_store(postgres.url("nosuchdb"), Path("/nonexistent"))
     assert issubclass(StoreUnavailable, OSError)  # the CLI reports OSErrors without a trace
+
+
+def test_a_large_write_leaves_the_planner_statistics_of_what_it_wrote(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an import, API writes are planned for the tables as they are now, not as they
+    were empty (autovacuum would analyse them only a minute or more later)."""
+    from ecs_imds.store import postgres
+
+    monkeypatch.setattr(postgres, "ANALYZE_AFTER", 3)
+    store = PostgresStore(pg_url)
+    try:
+        def analysed() -> int:
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                row = conn.execute("SELECT analyze_count FROM pg_stat_user_tables "
+                                   "WHERE relname = 'instances'").fetchone()
+            assert row is not None
+            return int(row[0])
+
+        before = analysed()
+        store.write_fleet(DEFAULTS, [instance(n) for n in range(2)])  # small: left alone
+        assert analysed() == before
+        store.write_fleet(DEFAULTS, [instance(n) for n in range(2, 5)])
+        assert analysed() == before + 1
+    finally:
+        store.close()

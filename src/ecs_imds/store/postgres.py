@@ -141,6 +141,8 @@ _CURRENT_AND_HELD = ("SELECT revision, host, ARRAY(SELECT ARRAY[vpc_id, address]
                      "WHERE instance_id = %s) FROM instances WHERE instance_id = %s FOR UPDATE")
 # The write's stamp, returned by the write itself (the version's row is the trigger's).
 _STAMPED = " RETURNING (SELECT stamp FROM commits WHERE version = %s)"
+# Instances written at once from which the tables are analysed after the write.
+ANALYZE_AFTER = 10_000
 # Change log rows written with the notice in one statement (more: executemany).
 FEW_ROWS = 8
 
@@ -322,12 +324,27 @@ WHERE key = 'log-floor' AND (SELECT v FROM cut) IS NOT NULL""", (self.retention,
 
     def write_fleet(self, defaults: dict[str, Any] | None, instances: list[dict[str, Any]],
                     replace: bool = False, note: tuple[str, bytes] | None = None) -> int:
+        written = len(instances)
         with self._write() as (conn, version):
             if note is not None:
                 conn.execute("INSERT INTO secrets (name, value) VALUES (%s, %s) "
                              "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value", note)
             self._write_fleet(conn, version, defaults, instances, replace)
-            return version
+        if written >= ANALYZE_AFTER:
+            self._analyze()
+        return version
+
+    def _analyze(self) -> None:
+        """Statistics for the planner after a large write. Until autovacuum gets to it (a
+        minute or more), the tables look as they were: after the first import of 100,000
+        instances, every API write ran twice as long (3.2 -> 7 ms at the store) on plans
+        made for empty tables. The write is committed already: a failure here is logged."""
+        try:
+            with self._pool.connection() as conn:
+                conn.execute("ANALYZE instances, addresses, changes")
+        except psycopg.Error as exc:
+            log.warning("the tables were not analysed after a large write (autovacuum "
+                        "will): %s", exc)
 
     def _write_fleet(self, conn: Connection, version: int, defaults: dict[str, Any] | None,
                      instances: list[dict[str, Any]], replace: bool) -> None:
