@@ -1,7 +1,7 @@
 """A server without a control plane (`api: false`, as on a host scoped to its instances)
 loads only what serving needs: not FastAPI, uvicorn, the console, the HTTP client nor rich,
 on PostgreSQL not sqlite3 (together ~30 MB resident, ~1 s of start-up per process), and
-not the Prometheus client while nothing scrapes it (5 MB).
+not the Prometheus client while nothing scrapes it (2 MB).
 
 The real `ecs-imds serve` runs with PYTHONPROFILEIMPORTTIME, which makes Python itself name
 every module it imports; nothing in the server is asked."""
