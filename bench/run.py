@@ -43,6 +43,8 @@ from typing import Any
 
 import yaml
 
+from ecs_imds.testing.server import end as stop  # SIGTERM, SIGKILL after 10 s
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
@@ -132,17 +134,6 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: floa
             if time.monotonic() > deadline:
                 raise SystemExit(f"{what} not listening on {port}") from None
             time.sleep(0.02)
-
-
-def stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def cpu_seconds(pid: int) -> float:
