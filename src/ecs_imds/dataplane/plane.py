@@ -153,15 +153,23 @@ class DataPlane:
         self.listening: list[socket.socket] = []  # the sockets accept_ready reads
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._settled_at = -SETTLE_EVERY  # monotonic time of the last look (see install)
+        self._settled_at = -SETTLE_EVERY  # monotonic time of the last look (see settle)
+        self._settle_due = False  # a snapshot came since that look
 
     def install(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot (on the loop's thread)."""
         self.snapshot = snapshot
         self.limiter.forget(snapshot.by_id)
-        now = time.monotonic()
-        if now - self._settled_at >= SETTLE_EVERY:
+        self._settle_due = True
+        self.settle(time.monotonic())
+
+    def settle(self, now: float) -> None:
+        """`_settle` once a snapshot came since the last look, and at most every
+        SETTLE_EVERY seconds; the sweeper calls it too, so the last snapshot of a burst is
+        looked at even when none follows it."""
+        if self._settle_due and now - self._settled_at >= SETTLE_EVERY:
             self._settled_at = now
+            self._settle_due = False
             _settle()
 
     def stranger(self, source: str, listener: ListenerState) -> None:
@@ -268,6 +276,7 @@ class DataPlane:
             for conn in [c for c in self.connections if c.deadline < now]:
                 conn.expire()
             self.trimmer.tick()
+            self.settle(now)
 
     async def stop(self) -> None:
         if self._sweeper is not None:
